@@ -27,4 +27,11 @@ int codec_from_json(const json_t *in, const ProtobufCMessageDescriptor *desc,
 /* Renders msg as a new JSON object (caller json_decref()s); NULL on OOM. proto3 scalars at
  * their default value are still emitted (clients see every field). */
 json_t *codec_to_json(const ProtobufCMessage *msg);
+
+/* Sets the scalar field `name` of msg (a path parameter or query parameter, given as text)
+ * converting it by the field's type ("25" for int32, "true"/"false" for bool, enum names).
+ * Strings are copied with alloc. Returns 0; -ENOENT when msg has no such scalar field;
+ * -EINVAL with err filled when the text does not convert. */
+int codec_set_field(ProtobufCMessage *msg, const char *name, const char *value,
+                    ProtobufCAllocator *alloc, codec_error_t *err) WUR;
 #endif
