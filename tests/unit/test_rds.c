@@ -1,7 +1,7 @@
 /* Tests of rds.c. Without a server: a closed port fails within the connect timeout and the
  * backoff makes the next call free. With redis-server on PATH (started here on a free port, as
- * hiredis' own tests do): commands, error replies, SELECT of a db, pipelines, and the reconnect
- * after the server dropped our connection. */
+ * hiredis' own tests do): commands, error replies, SELECT of a db, pipelines, the reconnect
+ * after the server dropped our connection, and the timeout + backoff of a paused server. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -92,6 +93,7 @@ static int s_start_redis(void **state) {
     if (pid < 0)
         return 0;
     if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test */
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0) {
             dup2(devnull, 1);
@@ -131,6 +133,7 @@ static int s_start_redis(void **state) {
 static int s_stop_redis(void **state) {
     (void)state;
     if (s_redis_pid > 0) {
+        kill(s_redis_pid, SIGCONT);
         kill(s_redis_pid, SIGTERM);
         waitpid(s_redis_pid, NULL, 0);
     }
@@ -253,6 +256,32 @@ static void test_rds_reconnects_after_kill(void **state) {
     rds_destroy(&admin);
 }
 
+static void test_rds_paused_server_times_out_then_backs_off(void **state) {
+    (void)state;
+    REQUIRE_REDIS();
+    rds_t *r = s_client("127.0.0.1:%d");
+    redisReply *rep = rds_command(r, "PING");
+    assert_non_null(rep);
+    freeReplyObject(rep);
+    assert_int_equal(kill(s_redis_pid, SIGSTOP), 0);
+    int64_t t0 = util_mono_ms();
+    rep = rds_command(r, "PING");
+    int64_t took = util_mono_ms() - t0;
+    kill(s_redis_pid, SIGCONT);
+    assert_null(rep);
+    assert_true(took >= 900 && took < 2000); /* the 1 s I/O timeout, once */
+    t0 = util_mono_ms();
+    assert_null(rds_command(r, "PING")); /* backing off: no wait at all */
+    assert_true(util_mono_ms() - t0 < 50);
+    /* after the backoff it connects again */
+    int64_t deadline = util_mono_ms() + 3000;
+    while (!(rep = rds_command(r, "PING")) && util_mono_ms() < deadline)
+        s_sleep_ms(50);
+    assert_non_null(rep);
+    freeReplyObject(rep);
+    rds_destroy(&r);
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN); /* as every service does: a dead peer is an error, not a signal */
     const struct CMUnitTest tests[] = {
@@ -262,6 +291,7 @@ int main(void) {
         cmocka_unit_test(test_rds_select_db),
         cmocka_unit_test(test_rds_pipeline),
         cmocka_unit_test(test_rds_reconnects_after_kill),
+        cmocka_unit_test(test_rds_paused_server_times_out_then_backs_off),
     };
     return cmocka_run_group_tests(tests, s_start_redis, s_stop_redis);
 }

@@ -225,6 +225,9 @@ static redisReply *s_run(rds_t *self, s_run_fn run, void *arg) {
                 fresh = true; /* the one reconnect of this call */
                 continue;
             }
+            /* A timeout: Redis accepts but does not answer (paused, overloaded). Back off as
+             * after a failed connect, so the next requests do not each wait for it again. */
+            self->next_connect_ms = util_mono_ms() + RDS_BACKOFF_MS;
             return NULL;
         }
         if (r->type == REDIS_REPLY_ERROR) {
@@ -320,6 +323,7 @@ int rds_pipeline(rds_t *self, int n, redisReply **ret_replies) {
                 ret_replies[j] = NULL;
             }
             s_drop(self);
+            self->next_connect_ms = util_mono_ms() + RDS_BACKOFF_MS;
             return -EIO;
         }
         ret_replies[i] = r;
