@@ -1,0 +1,442 @@
+"""Black-box tests of the service runtime (services/runtime: svc, mdp_client) through the echo
+service: a real broker and a real echo process on free ports, driven by a plain python3-zmq
+Majordomo client with envelopes built from proto/envelope.proto by protoc at test time.
+Self-contained: starts its own broker and echo from $EXTRANET_BUILD_DIR (default build/)."""
+
+import importlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import zmq
+
+ROOT = Path(__file__).resolve().parents[2]
+BUILD = Path(os.environ.get("EXTRANET_BUILD_DIR", str(ROOT / "build")))
+BROKER_BIN = BUILD / "services" / "broker" / "broker"
+ECHO_BIN = BUILD / "services" / "echo" / "echo"
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "runtime error", "ERROR: LeakSanitizer")
+
+# The runtime's heartbeat contract (services/runtime/include/extranet/mdp.h).
+HEARTBEAT_S = 1.0
+LIVENESS = 5
+
+
+def _load_pb():
+    """envelope_pb2 generated into a temp dir (no generated Python is committed)."""
+    out = tempfile.mkdtemp(prefix="rt-echo-pb-")
+    subprocess.run(["protoc", "--proto_path", str(ROOT / "proto"), "--python_out", out,
+                    str(ROOT / "proto" / "envelope.proto")], check=True)
+    sys.path.insert(0, out)
+    return importlib.import_module("envelope_pb2")
+
+
+pytestmark = pytest.mark.skipif(not (BROKER_BIN.exists() and ECHO_BIN.exists()),
+                                reason="broker/echo not built in %s" % BUILD)
+pb = _load_pb() if (BROKER_BIN.exists() and ECHO_BIN.exists()) else None
+
+
+def _now_ms():
+    return int(time.time() * 1000)
+
+
+def _wait_for(pred, timeout, what):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        v = pred()
+        if v:
+            return v
+        time.sleep(0.02)
+    raise AssertionError("timed out waiting for " + what)
+
+
+class Proc:
+    """A child process with stderr in a file we can read while it runs."""
+
+    def __init__(self, argv, env, log_path):
+        self.log_path = log_path
+        self.log = open(log_path, "wb")
+        full_env = dict(os.environ)
+        full_env.update(env)
+        self.p = subprocess.Popen(argv, env=full_env, stdout=self.log, stderr=self.log)
+
+    def text(self):
+        return Path(self.log_path).read_text(errors="replace")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.p.poll() is None:
+            self.p.send_signal(sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+        self.log.close()
+        return self.p.returncode
+
+    def assert_clean(self):
+        t = self.text()
+        for mark in SANITIZER_MARKS:
+            assert mark not in t, "%s in %s:\n%s" % (mark, self.log_path, t[-4000:])
+
+
+class Broker(Proc):
+    def __init__(self, tmp):
+        env = {"EXTRANET_BROKER_BIND": "tcp://127.0.0.1:*",
+               "EXTRANET_EVENTS_BIND": "tcp://127.0.0.1:*",
+               "EXTRANET_EVENTS_PUB_BIND": "tcp://127.0.0.1:*",
+               "EXTRANET_LOG": "info"}
+        super().__init__([str(BROKER_BIN)], env, os.path.join(tmp, "broker.log"))
+
+        def bound():
+            m = dict(re.findall(r'"bound (mdp|events-pub|events) (tcp://[0-9.:]+)"', self.text()))
+            return m if len(m) == 3 else None
+
+        ports = _wait_for(bound, 10, "broker endpoints")
+        self.mdp = ports["mdp"]
+        self.events_pub = ports["events-pub"]
+
+
+class Echo(Proc):
+    def __init__(self, tmp, broker, threads=4, drain_ms=10000, name="echo.log"):
+        env = {"EXTRANET_BROKER": broker.mdp, "EXTRANET_EVENTS_PUB": broker.events_pub,
+               "EXTRANET_THREADS": str(threads), "EXTRANET_DRAIN_MS": str(drain_ms),
+               "EXTRANET_LOG": "info"}
+        super().__init__([str(ECHO_BIN)], env, os.path.join(tmp, name))
+
+
+class Client:
+    """An asynchronous MDP client (DEALER): many requests in flight, replies by request_id."""
+
+    def __init__(self, ctx, endpoint):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def close(self):
+        self.sock.close()
+
+    def send_raw(self, service, body):
+        self.sock.send_multipart([b"", b"MDPC01", service, body])
+
+    def send(self, method="echo.Echo", data=b"", sleep_ms=0, deadline_ms=None, payload=None,
+             rid=None):
+        rid = rid or str(uuid.uuid4())
+        req = pb.Request(request_id=rid, method=method,
+                         deadline_ms=deadline_ms if deadline_ms is not None else _now_ms() + 20000)
+        req.actor.kind = pb.SYSTEM
+        if payload is None:
+            payload = pb.EchoRequest(data=data, sleep_ms=sleep_ms).SerializeToString()
+        req.payload = payload
+        self.send_raw(method.split(".")[0].encode(), req.SerializeToString())
+        return rid
+
+    def recv(self, timeout):
+        """One Reply, or None after timeout seconds. Checks the MDP client framing."""
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        frames = self.sock.recv_multipart()
+        assert len(frames) == 4 and frames[0] == b"" and frames[1] == b"MDPC01", frames
+        rep = pb.Reply()
+        rep.ParseFromString(frames[3])
+        return rep
+
+    def call(self, timeout=10, **kw):
+        rid = self.send(**kw)
+        end = time.monotonic() + timeout
+        while True:
+            rep = self.recv(max(0.0, end - time.monotonic()))
+            assert rep is not None, "no reply to " + rid
+            if rep.request_id == rid:
+                return rep
+
+
+def _echo_reply(rep):
+    assert rep.status == pb.OK, (rep.status, rep.message)
+    out = pb.EchoReply()
+    out.ParseFromString(rep.payload)
+    return out
+
+
+def _wait_all_threads(client, threads):
+    """Readiness: every handler thread has registered (each is one MDP worker)."""
+    def all_seen():
+        rids = [client.send(sleep_ms=150) for _ in range(threads * 2)]
+        seen = set()
+        end = time.monotonic() + 5
+        pending = set(rids)
+        while pending and time.monotonic() < end:
+            rep = client.recv(end - time.monotonic())
+            if rep is None:
+                break
+            if rep.request_id in pending:
+                pending.discard(rep.request_id)
+                seen.add(_echo_reply(rep).worker_thread)
+        return len(seen) == threads and not pending
+    _wait_for(all_seen, 20, "all %d echo threads" % threads)
+
+
+@pytest.fixture(scope="module")
+def rt(tmp_path_factory):
+    """A broker and an echo with 4 threads, shared by the tests that leave both running."""
+    tmp = str(tmp_path_factory.mktemp("rt-echo"))
+    broker = Broker(tmp)
+    echo = Echo(tmp, broker)
+    ctx = zmq.Context()
+    client = Client(ctx, broker.mdp)
+    try:
+        _wait_all_threads(client, 4)
+        yield {"broker": broker, "echo": echo, "ctx": ctx, "client": client, "tmp": tmp}
+    finally:
+        client.close()
+        rc = echo.stop()
+        broker.stop()
+        ctx.term()
+        echo.assert_clean()
+        broker.assert_clean()
+        assert rc == 0, echo.text()[-4000:]
+
+
+def _fresh_client(rt):
+    return Client(rt["ctx"], rt["broker"].mdp)
+
+
+def test_runtime_echo_roundtrip(rt):
+    c = _fresh_client(rt)
+    try:
+        rep = c.call(data=b"hello \x00 world")
+        assert rep.message == ""
+        out = _echo_reply(rep)
+        assert out.data == b"hello \x00 world"
+        assert out.worker_pid == rt["echo"].p.pid
+        assert 0 <= out.worker_thread < 4
+    finally:
+        c.close()
+
+
+def test_runtime_many_in_flight_matched_by_request_id(rt):
+    c = _fresh_client(rt)
+    try:
+        sent = {}
+        for i in range(200):
+            data = ("payload-%d" % i).encode() * (i % 7 + 1)
+            sent[c.send(data=data, sleep_ms=i % 3)] = data
+        got = {}
+        end = time.monotonic() + 20
+        while len(got) < len(sent) and time.monotonic() < end:
+            rep = c.recv(end - time.monotonic())
+            assert rep is not None
+            got[rep.request_id] = _echo_reply(rep).data
+        assert got == sent
+    finally:
+        c.close()
+
+
+def test_runtime_threads_serve_concurrently(rt):
+    c = _fresh_client(rt)
+    try:
+        t0 = time.monotonic()
+        rids = {c.send(sleep_ms=300) for _ in range(4)}
+        threads = set()
+        while rids:
+            rep = c.recv(5)
+            assert rep is not None
+            rids.discard(rep.request_id)
+            threads.add(_echo_reply(rep).worker_thread)
+        elapsed = time.monotonic() - t0
+        assert elapsed < 1.0, elapsed
+        assert threads == {0, 1, 2, 3}
+    finally:
+        c.close()
+
+
+def test_runtime_large_body_roundtrip(rt):
+    c = _fresh_client(rt)
+    try:
+        data = os.urandom(3 * 1024 * 1024)
+        assert _echo_reply(c.call(data=data)).data == data
+    finally:
+        c.close()
+
+
+def test_runtime_unknown_method_is_invalid(rt):
+    c = _fresh_client(rt)
+    try:
+        rep = c.call(method="echo.NoSuchMethod")
+        assert rep.status == pb.INVALID
+        assert rep.message == "unknown method"
+    finally:
+        c.close()
+
+
+def test_runtime_bad_payload_is_invalid(rt):
+    c = _fresh_client(rt)
+    try:
+        rep = c.call(payload=b"\xff\xff\xff\xff\xff")
+        assert rep.status == pb.INVALID
+        assert rep.message == "malformed payload"
+    finally:
+        c.close()
+
+
+def test_runtime_negative_sleep_is_invalid(rt):
+    c = _fresh_client(rt)
+    try:
+        assert c.call(sleep_ms=-5).status == pb.INVALID
+    finally:
+        c.close()
+
+
+def test_runtime_missing_deadline_is_invalid(rt):
+    c = _fresh_client(rt)
+    try:
+        rep = c.call(deadline_ms=0)
+        assert rep.status == pb.INVALID
+    finally:
+        c.close()
+
+
+def test_runtime_garbage_envelope_is_invalid_or_dropped(rt):
+    c = _fresh_client(rt)
+    try:
+        c.send_raw(b"echo", b"\xff\x01garbage that is no protobuf\xff")
+        rep = c.recv(2)
+        if rep is not None:
+            assert rep.status == pb.INVALID and rep.request_id == ""
+        # The worker that got it is still serving.
+        for _ in range(8):
+            assert _echo_reply(c.call(data=b"after")).data == b"after"
+    finally:
+        c.close()
+
+
+def test_runtime_expired_deadline_is_dropped(rt):
+    c = _fresh_client(rt)
+    try:
+        rid = c.send(data=b"late", deadline_ms=_now_ms() - 1000)
+        rep = c.recv(2)
+        # Never served: no OK reply. The runtime answers DEADLINE_EXCEEDED so the broker gets
+        # its worker back (a caller past its deadline discards it as stale).
+        if rep is not None:
+            assert rep.request_id == rid
+            assert rep.status == pb.DEADLINE_EXCEEDED
+            assert rep.payload == b""
+        for _ in range(8):
+            assert _echo_reply(c.call(data=b"on time")).data == b"on time"
+    finally:
+        c.close()
+
+
+def test_runtime_busy_handler_keeps_heartbeating(rt):
+    """A handler busy past the liveness window (5 beats) keeps its worker registered: the I/O
+    thread beats for it, the broker does not expire it, the other threads go on serving."""
+    c = _fresh_client(rt)
+    c2 = _fresh_client(rt)
+    try:
+        busy_window = HEARTBEAT_S * LIVENESS + 3  # 8 s
+        t0 = time.monotonic()
+        slow = c.send(data=b"slow", sleep_ms=int(busy_window * 1000))
+        quick_threads = set()
+        # Keep the other threads busy-ish through the whole window.
+        while time.monotonic() - t0 < busy_window - 1:
+            out = _echo_reply(c2.call(data=b"quick", timeout=3))
+            quick_threads.add(out.worker_thread)
+            time.sleep(0.25)
+        rep = c.recv(busy_window + 5)
+        assert rep is not None and rep.request_id == slow
+        slow_thread = _echo_reply(rep).worker_thread
+        assert time.monotonic() - t0 >= busy_window - 0.5
+        assert slow_thread not in quick_threads
+        # The slow worker is still registered: four parallel sleeps finish together.
+        t1 = time.monotonic()
+        rids = {c.send(sleep_ms=300) for _ in range(4)}
+        seen = set()
+        while rids:
+            r = c.recv(5)
+            assert r is not None
+            rids.discard(r.request_id)
+            seen.add(_echo_reply(r).worker_thread)
+        assert time.monotonic() - t1 < 1.0
+        assert seen == {0, 1, 2, 3}
+        assert "expired" not in rt["broker"].text()
+        assert "reconnecting" not in rt["echo"].text()
+    finally:
+        c.close()
+        c2.close()
+
+
+def test_runtime_sigterm_drains_in_flight(tmp_path):
+    tmp = str(tmp_path)
+    broker = Broker(tmp)
+    echo = Echo(tmp, broker, threads=2, drain_ms=10000, name="echo-drain.log")
+    ctx = zmq.Context()
+    c = Client(ctx, broker.mdp)
+    try:
+        _wait_all_threads(c, 2)
+        rid = c.send(data=b"in flight", sleep_ms=1500)
+        # The request must have reached a handler before the signal: give the broker a beat.
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        echo.p.send_signal(signal.SIGTERM)
+        rep = c.recv(10)
+        assert rep is not None and rep.request_id == rid
+        assert _echo_reply(rep).data == b"in flight"
+        rc = echo.p.wait(10)
+        assert rc == 0, echo.text()[-4000:]
+        assert time.monotonic() - t0 < 5
+        # Every worker said goodbye: the broker knows no echo worker any more.
+        _wait_for(lambda: broker.text().count("of 'echo' disconnected") >= 2, 5,
+                  "DISCONNECT of both workers at the broker")
+        assert "expired" not in broker.text()
+        c.send_raw(b"mmi.service", b"echo")
+        frames = c.sock.recv_multipart() if c.sock.poll(3000) else None
+        assert frames is not None and frames[3] == b"404", frames
+    finally:
+        c.close()
+        echo.stop()
+        broker.stop()
+        ctx.term()
+    echo.assert_clean()
+    broker.assert_clean()
+
+
+def test_runtime_sigterm_idle_exits_fast(tmp_path):
+    tmp = str(tmp_path)
+    broker = Broker(tmp)
+    echo = Echo(tmp, broker, threads=3, name="echo-idle.log")
+    ctx = zmq.Context()
+    c = Client(ctx, broker.mdp)
+    try:
+        _wait_all_threads(c, 3)
+        t0 = time.monotonic()
+        echo.p.send_signal(signal.SIGINT)
+        assert echo.p.wait(5) == 0
+        assert time.monotonic() - t0 < 2
+    finally:
+        c.close()
+        echo.stop()
+        broker.stop()
+        ctx.term()
+    echo.assert_clean()
+
+
+def test_runtime_help_and_version():
+    out = subprocess.run([str(ECHO_BIN), "--help"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0 and "EXTRANET_THREADS" in out.stdout + out.stderr
+    out = subprocess.run([str(ECHO_BIN), "--version"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 0
+    out = subprocess.run([str(ECHO_BIN), "--bogus"], capture_output=True, text=True, timeout=10)
+    assert out.returncode == 2
+
+
+def test_runtime_bad_threads_env_fails():
+    env = dict(os.environ, EXTRANET_THREADS="0", EXTRANET_BROKER="tcp://127.0.0.1:1")
+    out = subprocess.run([str(ECHO_BIN)], env=env, capture_output=True, text=True, timeout=10)
+    assert out.returncode != 0
+    assert "EXTRANET_THREADS" in out.stderr
