@@ -18,6 +18,7 @@ struct pg {
     char *schema;
     const pg_stmt_t *stmts; /* borrowed */
     bool in_tx;             /* between pg_begin and pg_commit/pg_rollback */
+    bool broken;            /* a reconnect left the session without its setup: redo it */
 };
 
 /* Schema names go into DDL (CREATE SCHEMA), which cannot take parameters: accept only
@@ -153,12 +154,21 @@ PGconn *pg_conn(pg_t *self) {
 /* One reconnect attempt: PQreset reuses the original parameters. */
 static int s_reconnect(pg_t *self) {
     log_warn("postgres: connection lost, reconnecting");
+    self->broken = true;
     PQreset(self->conn);
     if (PQstatus(self->conn) != CONNECTION_OK) {
         s_log_conn_error("reconnect", self->conn);
         return -EIO;
     }
-    return s_session_setup(self);
+    if (s_session_setup(self) < 0)
+        return -EIO;
+    self->broken = false;
+    return 0;
+}
+
+/* The connection needs a reconnect before use: lost, or set up only halfway. */
+static bool s_needs_reconnect(const pg_t *self) {
+    return self->broken || PQstatus(self->conn) == CONNECTION_BAD;
 }
 
 static const pg_stmt_t *s_stmt_find(const pg_t *self, const char *name) {
@@ -203,7 +213,7 @@ int pg_exec(pg_t *self, const char *name, const char *const *params, PGresult **
         return -EIO;
     }
     bool retried = false;
-    if (PQstatus(self->conn) == CONNECTION_BAD) {
+    if (s_needs_reconnect(self)) {
         if (self->in_tx)
             return -EIO; /* the transaction is gone with the connection */
         retried = true;
@@ -245,7 +255,7 @@ int pg_begin(pg_t *self) {
         return -EIO;
     }
     bool retried = false;
-    if (PQstatus(self->conn) == CONNECTION_BAD) {
+    if (s_needs_reconnect(self)) {
         retried = true;
         if (s_reconnect(self) < 0)
             return -EIO;
