@@ -87,12 +87,14 @@ class Proc:
 
 
 class Broker(Proc):
-    def __init__(self, tmp):
-        env = {"EXTRANET_BROKER_BIND": "tcp://127.0.0.1:*",
-               "EXTRANET_EVENTS_BIND": "tcp://127.0.0.1:*",
-               "EXTRANET_EVENTS_PUB_BIND": "tcp://127.0.0.1:*",
+    """A broker on free ports; `like` restarts one on the endpoints another had."""
+
+    def __init__(self, tmp, name="broker.log", like=None):
+        env = {"EXTRANET_BROKER_BIND": like.mdp if like else "tcp://127.0.0.1:*",
+               "EXTRANET_EVENTS_BIND": like.events if like else "tcp://127.0.0.1:*",
+               "EXTRANET_EVENTS_PUB_BIND": like.events_pub if like else "tcp://127.0.0.1:*",
                "EXTRANET_LOG": "info"}
-        super().__init__([str(BROKER_BIN)], env, os.path.join(tmp, "broker.log"))
+        super().__init__([str(BROKER_BIN)], env, os.path.join(tmp, name))
 
         def bound():
             m = dict(re.findall(r'"bound (mdp|events-pub|events) (tcp://[0-9.:]+)"', self.text()))
@@ -101,11 +103,14 @@ class Broker(Proc):
         ports = _wait_for(bound, 10, "broker endpoints")
         self.mdp = ports["mdp"]
         self.events_pub = ports["events-pub"]
+        self.events = ports["events"]
 
 
 class Echo(Proc):
-    def __init__(self, tmp, broker, threads=4, drain_ms=10000, name="echo.log"):
-        env = {"EXTRANET_BROKER": broker.mdp, "EXTRANET_EVENTS_PUB": broker.events_pub,
+    def __init__(self, tmp, broker, threads=4, drain_ms=10000, name="echo.log", brokers=None):
+        brokers = brokers or [broker]
+        env = {"EXTRANET_BROKER": ",".join(b.mdp for b in brokers),
+               "EXTRANET_EVENTS_PUB": ",".join(b.events_pub for b in brokers),
                "EXTRANET_THREADS": str(threads), "EXTRANET_DRAIN_MS": str(drain_ms),
                "EXTRANET_LOG": "info"}
         super().__init__([str(ECHO_BIN)], env, os.path.join(tmp, name))
@@ -440,3 +445,94 @@ def test_runtime_bad_threads_env_fails():
     out = subprocess.run([str(ECHO_BIN)], env=env, capture_output=True, text=True, timeout=10)
     assert out.returncode != 0
     assert "EXTRANET_THREADS" in out.stderr
+
+
+@pytest.mark.parametrize("how", ["sigterm", "sigkill"])
+def test_runtime_survives_broker_restart(tmp_path, how):
+    """SIGTERM: the broker says DISCONNECT and the workers register again at once. SIGKILL: the
+    broker just goes silent and the workers reconnect after MDP_LIVENESS missed beats. Either
+    way the same echo process serves again once a broker is back on the endpoint."""
+    tmp = str(tmp_path)
+    broker = Broker(tmp)
+    echo = Echo(tmp, broker, threads=2, name="echo-restart.log")
+    ctx = zmq.Context()
+    c = Client(ctx, broker.mdp)
+    broker2 = None
+    try:
+        _wait_all_threads(c, 2)
+        broker.stop(signal.SIGTERM if how == "sigterm" else signal.SIGKILL)
+        c.close()
+        if how == "sigkill":
+            # Let the workers notice the silence (5 beats) before the new broker appears, so
+            # the test exercises the liveness path rather than ZeroMQ's transparent reconnect.
+            _wait_for(lambda: "reconnecting" in echo.text(), HEARTBEAT_S * (LIVENESS + 3),
+                      "echo to notice the dead broker")
+        broker2 = Broker(tmp, name="broker2.log", like=broker)
+        c = Client(ctx, broker2.mdp)
+        _wait_all_threads(c, 2)
+        assert echo.p.poll() is None
+    finally:
+        c.close()
+        rc = echo.stop()
+        if broker2:
+            broker2.stop()
+        broker.stop()
+        ctx.term()
+    assert rc == 0, echo.text()[-4000:]
+    echo.assert_clean()
+
+
+def test_runtime_two_brokers(tmp_path):
+    """One echo registers with both brokers (one DEALER per broker per thread); clients of
+    either broker are served by all threads."""
+    tmp = str(tmp_path)
+    b1 = Broker(tmp, name="b1.log")
+    b2 = Broker(tmp, name="b2.log")
+    echo = Echo(tmp, b1, threads=2, name="echo-two.log", brokers=[b1, b2])
+    ctx = zmq.Context()
+    c1 = Client(ctx, b1.mdp)
+    c2 = Client(ctx, b2.mdp)
+    try:
+        _wait_all_threads(c1, 2)
+        _wait_all_threads(c2, 2)
+        assert b1.text().count("ready for 'echo'") == 2
+        assert b2.text().count("ready for 'echo'") == 2
+        for i in range(20):
+            cl = c1 if i % 2 else c2
+            assert _echo_reply(cl.call(data=b"x%d" % i)).data == b"x%d" % i
+    finally:
+        c1.close()
+        c2.close()
+        rc = echo.stop()
+        b1.stop()
+        b2.stop()
+        ctx.term()
+    assert rc == 0, echo.text()[-4000:]
+    echo.assert_clean()
+
+
+def test_runtime_drain_timeout_gives_up(tmp_path):
+    """A handler still busy when EXTRANET_DRAIN_MS runs out does not hold the process: it
+    exits (non-zero: not everything was joined) soon after the drain time."""
+    tmp = str(tmp_path)
+    broker = Broker(tmp)
+    echo = Echo(tmp, broker, threads=1, drain_ms=500, name="echo-drain-timeout.log")
+    ctx = zmq.Context()
+    c = Client(ctx, broker.mdp)
+    try:
+        _wait_all_threads(c, 1)
+        c.send(sleep_ms=6000)
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        echo.p.send_signal(signal.SIGTERM)
+        rc = echo.p.wait(10)
+        took = time.monotonic() - t0
+        assert rc == 1
+        assert 0.4 < took < 3.5, took
+        assert "still busy after the drain" in echo.text()
+    finally:
+        c.close()
+        echo.stop()
+        broker.stop()
+        ctx.term()
+    echo.assert_clean()

@@ -860,7 +860,7 @@ static bool s_stop_threads(s_svc_t *svc) {
         if (rc == 0) {
             w->running = false;
         } else {
-            log_error("handler %ld still busy after the drain (%s)", i, strerror(rc));
+            log_error("handler %ld still busy after the drain", i);
             all = false;
         }
     }
@@ -901,7 +901,9 @@ int svc_main(const svc_def_t *def, int argc, char **argv) {
         return arc > 0 ? 0 : 2;
     log_init(def->name);
 
-    s_svc_t svc = {.def = def};
+    /* Static: a handler stuck past the drain still reaches its state after we return. */
+    static s_svc_t svc;
+    svc = (s_svc_t){.def = def};
     int ret = 1;
     sigset_t set;
     if (s_config(&svc) != 0)
