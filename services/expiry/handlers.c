@@ -7,6 +7,7 @@
 #include "rules.h"
 #include "store.h"
 
+#include <errno.h>
 #include <string.h>
 
 #define LIST_DEFAULT 100
@@ -38,9 +39,13 @@ static const expiry_kind_t *s_kind_subject_or_reply(svc_call_t *call, const char
     return k;
 }
 
-/* Answers for a failed statement: the database is the only thing that can fail here. */
+/* Answers for a failed store call: out of request memory (a List too large for the arena), or
+ * the database, whose failures pg_exec has logged already. */
 static void s_store_failed(svc_call_t *call, int rc) {
-    log_warn("timer statement failed (%d)", rc);
+    if (rc == -ENOMEM) {
+        svc_fail(call, EXTRANET__STATUS__TOO_LARGE, "too many timers; lower the limit");
+        return;
+    }
     svc_fail(call, EXTRANET__STATUS__UNAVAILABLE, "timer store unavailable, try again");
 }
 
