@@ -185,14 +185,28 @@ int routes_match(const char *method, const char *path, gw_match_t *ret, char *re
     return too_long ? -E2BIG : -ENOENT;
 }
 
+/* The top-level field names of a message type, as a new JSON array (null for none). */
+static json_t *s_fields(const ProtobufCMessageDescriptor *d)
+{
+    if (!d)
+        return json_null();
+    json_t *a = json_array();
+    for (unsigned i = 0; a && i < d->n_fields; i++)
+        json_array_append_new(a, json_string(d->fields[i].name));
+    return a;
+}
+
 void routes_print(FILE *out)
 {
     for (int i = 0; i < S_NROUTES; i++) {
         const gw_route_t *r = &s_routes[i];
         json_t *o = json_pack(
-            "{s:s, s:s, s:s?, s:s?, s:s?, s:i, s:b, s:b, s:b, s:b}", "method", r->http_method,
+            "{s:s, s:s, s:s?, s:s?, s:s?, s:o, s:o, s:b, s:i, s:b, s:b, s:b, s:b}", "method",
+            r->http_method,
             "path", r->pattern, "rpc", r->rpc, "request", r->request ? r->request->name : NULL,
-            "reply", r->reply ? r->reply->name : NULL, "status", r->success, "auth",
+            "reply", r->reply ? r->reply->name : NULL, "request_fields", s_fields(r->request),
+            "reply_fields", s_fields(r->reply), "body", (r->flags & GW_ROUTE_BODY) != 0,
+            "status", r->success, "auth",
             (r->flags & GW_ROUTE_AUTH) != 0, "mfa_pending_ok", (r->flags & GW_ROUTE_MFA_OK) != 0,
             "rate_limited", (r->flags & GW_ROUTE_RATE) != 0, "debug",
             (r->flags & GW_ROUTE_DEBUG) != 0);

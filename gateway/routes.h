@@ -60,7 +60,8 @@ int routes_match(const char *method, const char *path, gw_match_t *ret, char *re
 /* True when a path parameter holds a uuid (names "id", "gid", "uid" or "*_id"). */
 bool routes_param_is_uuid(const char *name);
 
-/* Prints the table as JSON lines {"method","path","rpc","request","reply","status","auth",
- * "mfa_pending_ok","rate_limited","debug"} (for `gateway --routes`). */
+/* Prints the table as JSON lines {"method","path","rpc","request","reply","request_fields",
+ * "reply_fields","body","status","auth","mfa_pending_ok","rate_limited","debug"} (for
+ * `gateway --routes`; tests/api/test_openapi.py compares it with docs/openapi.yaml). */
 void routes_print(FILE *out);
 #endif
