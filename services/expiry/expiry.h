@@ -7,12 +7,12 @@
 #include <stdint.h>
 
 typedef struct {
-    int64_t call_ms;         /* deadline of one call to an owner (EXTRANET_EXPIRY_CALL_MS) */
-    int64_t lease_ms;        /* claim lease, > call_ms (EXTRANET_EXPIRY_LEASE_MS) */
-    int batch;               /* timers claimed at once (EXTRANET_EXPIRY_BATCH) */
-    int64_t backoff_ms;      /* first retry delay (EXTRANET_EXPIRY_BACKOFF_MS) */
-    int64_t backoff_max_ms;  /* retry delay cap (EXTRANET_EXPIRY_BACKOFF_MAX_MS) */
-    char kinds[512];         /* the known kinds as a PostgreSQL array literal */
+    int64_t call_ms;        /* deadline of one call to an owner (EXTRANET_EXPIRY_CALL_MS) */
+    int64_t lease_ms;       /* claim lease, > call_ms (EXTRANET_EXPIRY_LEASE_MS) */
+    int batch;              /* timers claimed at once (EXTRANET_EXPIRY_BATCH) */
+    int64_t backoff_ms;     /* first retry delay (EXTRANET_EXPIRY_BACKOFF_MS) */
+    int64_t backoff_max_ms; /* retry delay cap (EXTRANET_EXPIRY_BACKOFF_MAX_MS) */
+    char kinds[512];        /* the known kinds as a PostgreSQL array literal */
 } expiry_config_t;
 
 /* Set by main.c before svc_main; read-only while threads run. */

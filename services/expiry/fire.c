@@ -80,7 +80,7 @@ static void s_fire_one(svc_thread_t *t, const expiry_claim_t *c) {
     else if (ERR_IS_STATUS(rc))
         snprintf(text, sizeof text, "%s: %s", status_name(ERR_TO_STATUS(rc)), err);
     else
-        snprintf(text, sizeof text, "transport: %s", strerror(-rc));
+        snprintf(text, sizeof text, "transport error %d", -rc);
 
     if (expiry_outcome_of(rc) == EXPIRY_OUTCOME_RETRY) {
         s_record_retry(t, c, text);
@@ -88,7 +88,8 @@ static void s_fire_one(svc_thread_t *t, const expiry_claim_t *c) {
         bool applied = false;
         if (expiry_store_done(t->pg, c, rc == 0 ? NULL : text, &applied) < 0)
             log_warn("timer %s fired but could not be marked done; it fires again after its "
-                     "lease (the owner's method is idempotent)", c->id);
+                     "lease (the owner's method is idempotent)",
+                     c->id);
         else
             log_info("timer %s (%s %s) fired: %s -> %s%s", c->id, c->kind, c->subject, k->method,
                      rc == 0 ? "ok" : text, applied ? "" : " (claim superseded, left pending)");

@@ -11,7 +11,7 @@
 #include <string.h>
 
 #define LIST_DEFAULT 100
-#define LIST_MAX 1000
+#define LIST_MAX     1000
 
 /* Answers FORBIDDEN and returns false unless the actor may schedule/cancel. */
 static bool s_may_schedule_or_reply(svc_call_t *call) {
@@ -25,8 +25,7 @@ static bool s_may_schedule_or_reply(svc_call_t *call) {
 /* The kinds-table row for kind with subject normalized into out, or NULL after answering
  * INVALID. */
 static const expiry_kind_t *s_kind_subject_or_reply(svc_call_t *call, const char *kind,
-                                                    const char *subject, char *out,
-                                                    size_t outlen) {
+                                                    const char *subject, char *out, size_t outlen) {
     const expiry_kind_t *k = expiry_kind_find(kind);
     if (!k) {
         svc_fail(call, EXTRANET__STATUS__INVALID, "unknown timer kind");

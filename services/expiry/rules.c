@@ -14,7 +14,9 @@
 /* The kinds expiry knows. Owners' methods must be idempotent: a timer may (rarely) fire twice
  * when a claim's lease lapses, and always fires again after a lost acknowledgement. */
 static const expiry_kind_t s_kinds[] = {
-    {"user.expire", "identity.Deactivate", &extranet__identity__user_id_request__descriptor,
+    {"user.expire",
+     "identity.Deactivate",
+     &extranet__identity__user_id_request__descriptor,
      {"id", NULL}},
     {NULL, NULL, NULL, {NULL}},
 };

@@ -11,19 +11,19 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define EXPIRY_KIND_MAX         64  /* longest kind name accepted */
+#define EXPIRY_KIND_MAX          64 /* longest kind name accepted */
 #define EXPIRY_SUBJECT_MAX_PARTS 3  /* uuids in a subject, ':'-separated */
-#define EXPIRY_SUBJECT_MAX      (EXPIRY_SUBJECT_MAX_PARTS * 37 - 1)
-#define EXPIRY_TIME_MAX         64  /* longest RFC 3339 text accepted */
+#define EXPIRY_SUBJECT_MAX       (EXPIRY_SUBJECT_MAX_PARTS * 37 - 1)
+#define EXPIRY_TIME_MAX          64 /* longest RFC 3339 text accepted */
 
 /* One row of the kinds table. Adding a kind (membership.RemoveMember, files.RevokeLink,
  * invitation expiry) is one row: the owner's method, its request message and the names of the
  * string fields the subject's parts go into, in order. Each part of a subject is a uuid. */
 typedef struct {
-    const char *kind;                                   /* "user.expire" */
-    const char *method;                                 /* "identity.Deactivate" */
-    const ProtobufCMessageDescriptor *request;          /* extranet.identity.UserIdRequest */
-    const char *fields[EXPIRY_SUBJECT_MAX_PARTS + 1];   /* {"id", NULL} */
+    const char *kind;                                 /* "user.expire" */
+    const char *method;                               /* "identity.Deactivate" */
+    const ProtobufCMessageDescriptor *request;        /* extranet.identity.UserIdRequest */
+    const char *fields[EXPIRY_SUBJECT_MAX_PARTS + 1]; /* {"id", NULL} */
 } expiry_kind_t;
 
 /* The row for kind, or NULL when it is not a known kind. Borrowed from a static table. */
@@ -67,8 +67,8 @@ bool expiry_state_filter_valid(const char *state);
 
 /* What an attempt's answer means for the timer. */
 typedef enum {
-    EXPIRY_OUTCOME_DONE = 0,  /* the owner acted (OK) or the subject is gone (NOT_FOUND) */
-    EXPIRY_OUTCOME_RETRY,     /* anything else: try again after a backoff */
+    EXPIRY_OUTCOME_DONE = 0, /* the owner acted (OK) or the subject is gone (NOT_FOUND) */
+    EXPIRY_OUTCOME_RETRY,    /* anything else: try again after a backoff */
 } expiry_outcome_t;
 
 /* rc is rpc_call's return: 0, -(1000 + status) or -errno (transport). */

@@ -13,6 +13,8 @@
 
 #define TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')"
 
+/* The SQL reads better laid out by hand. */
+/* clang-format off */
 const pg_stmt_t expiry_statements[] = {
     /* Upsert on the partial unique index; the WHERE makes a repeat with the same due_at a
      * no-op, and a move resets the retry state and drops the claim of a call in flight. */
@@ -65,6 +67,7 @@ const pg_stmt_t expiry_statements[] = {
      2},
     {NULL, NULL, 0},
 };
+/* clang-format on */
 
 int expiry_store_schedule(pg_t *pg, const char *kind, const char *subject, const char *due_at) {
     const char *p[3] = {kind, subject, due_at};
@@ -105,9 +108,8 @@ static int s_timer_fill(arena_t *arena, PGresult *res, int row, Extranet__Expiry
     ti->created_at = s_col(arena, res, row, "created_at");
     ti->updated_at = s_col(arena, res, row, "updated_at");
     ti->fired_at = s_col(arena, res, row, "fired_at");
-    if (!ti->id || !ti->kind || !ti->subject || !ti->due_at || !ti->state ||
-        !ti->next_attempt_at || !ti->last_error || !ti->created_at || !ti->updated_at ||
-        !ti->fired_at)
+    if (!ti->id || !ti->kind || !ti->subject || !ti->due_at || !ti->state || !ti->next_attempt_at ||
+        !ti->last_error || !ti->created_at || !ti->updated_at || !ti->fired_at)
         return -ENOMEM;
     return 0;
 }
@@ -127,7 +129,7 @@ int expiry_store_list(pg_t *pg, arena_t *arena, const char *kind, const char *su
     int n = PQntuples(res);
     Extranet__Expiry__TimerInfo **arr = NULL;
     if (n > 0) {
-        arr = arena_alloc(arena, sizeof(*arr) * (size_t)n);
+        arr = arena_alloc(arena, sizeof(Extranet__Expiry__TimerInfo *) * (size_t)n);
         Extranet__Expiry__TimerInfo *rows = arena_alloc(arena, sizeof(*rows) * (size_t)n);
         if (!arr || !rows) {
             rc = -ENOMEM;

@@ -32,7 +32,7 @@ typedef struct {
     char claim[37];
     char kind[EXPIRY_KIND_MAX + 1];
     char subject[EXPIRY_SUBJECT_MAX + 1];
-    int attempts;       /* including this one */
+    int attempts; /* including this one */
 } expiry_claim_t;
 
 /* Claims up to max due timers (state pending, due_at and next_attempt_at <= now(), kind among

@@ -5,7 +5,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
+
+#include <cmocka.h> /* after the four above, which it needs */
 
 #include "../../services/expiry/rules.c"
 
@@ -54,7 +55,7 @@ static void test_subject_valid(void **state) {
     assert_false(expiry_subject_valid(k, NULL));
     assert_false(expiry_subject_valid(NULL, U1));
     assert_false(expiry_subject_valid(k, "not-a-uuid"));
-    assert_false(expiry_subject_valid(k, U1 ":" U2));   /* one part only for user.expire */
+    assert_false(expiry_subject_valid(k, U1 ":" U2)); /* one part only for user.expire */
     assert_false(expiry_subject_valid(k, U1 " "));
     assert_false(expiry_subject_valid(k, "123e4567e89b42d3a456426614174000"));
     assert_false(expiry_subject_valid(k, "g23e4567-e89b-42d3-a456-426614174000"));
@@ -63,8 +64,10 @@ static void test_subject_valid(void **state) {
 /* A two-part kind (the shape membership.RemoveMember will have) through the same code. */
 static void test_subject_two_parts(void **state) {
     (void)state;
-    expiry_kind_t two = {"x.two", "identity.Deactivate",
-                         &extranet__identity__user_id_request__descriptor, {"id", "id", NULL}};
+    expiry_kind_t two = {"x.two",
+                         "identity.Deactivate",
+                         &extranet__identity__user_id_request__descriptor,
+                         {"id", "id", NULL}};
     assert_true(expiry_subject_valid(&two, U1 ":" U2));
     assert_false(expiry_subject_valid(&two, U1));
     assert_false(expiry_subject_valid(&two, U1 "-" U2));
@@ -113,8 +116,10 @@ static void test_build_request_user_id(void **state) {
 static void test_build_request_rejects_bad_field(void **state) {
     (void)state;
     /* the check walks s_kinds; exercise its field test on a bad row through build_request */
-    expiry_kind_t bad = {"x.bad", "identity.Deactivate",
-                         &extranet__identity__user_id_request__descriptor, {"nope", NULL}};
+    expiry_kind_t bad = {"x.bad",
+                         "identity.Deactivate",
+                         &extranet__identity__user_id_request__descriptor,
+                         {"nope", NULL}};
     ProtobufCMessage *m = NULL;
     assert_int_equal(expiry_kind_build_request(&bad, U1, &m), -EINVAL);
     assert_null(m);
@@ -128,9 +133,9 @@ static void test_time_valid_accepts(void **state) {
     assert_true(expiry_time_valid("2026-11-25T10:00:00.123456789Z"));
     assert_true(expiry_time_valid("2026-11-25T10:00:00+02:00"));
     assert_true(expiry_time_valid("2026-11-25T10:00:00-23:59"));
-    assert_true(expiry_time_valid("2024-02-29T00:00:00Z"));   /* leap year */
-    assert_true(expiry_time_valid("2000-02-29T00:00:00Z"));   /* divisible by 400 */
-    assert_true(expiry_time_valid("2016-12-31T23:59:60Z"));   /* leap second, §5.7 */
+    assert_true(expiry_time_valid("2024-02-29T00:00:00Z")); /* leap year */
+    assert_true(expiry_time_valid("2000-02-29T00:00:00Z")); /* divisible by 400 */
+    assert_true(expiry_time_valid("2016-12-31T23:59:60Z")); /* leap second, §5.7 */
     assert_true(expiry_time_valid("0001-01-01T00:00:00Z"));
     assert_true(expiry_time_valid("9999-12-31T23:59:59Z"));
 }
@@ -140,19 +145,19 @@ static void test_time_valid_rejects(void **state) {
     const char *bad[] = {
         "",
         "2026-11-25",
-        "2026-11-25T10:00:00",          /* no offset */
-        "2026-11-25 10:00:00Z",         /* space instead of T */
-        "2026-11-25T10:00Z",            /* no seconds */
+        "2026-11-25T10:00:00",  /* no offset */
+        "2026-11-25 10:00:00Z", /* space instead of T */
+        "2026-11-25T10:00Z",    /* no seconds */
         "2026-13-01T00:00:00Z",
         "2026-00-01T00:00:00Z",
         "2026-11-31T00:00:00Z",
-        "2026-02-29T00:00:00Z",         /* not a leap year */
-        "1900-02-29T00:00:00Z",         /* divisible by 100 only */
+        "2026-02-29T00:00:00Z", /* not a leap year */
+        "1900-02-29T00:00:00Z", /* divisible by 100 only */
         "0000-01-01T00:00:00Z",
         "2026-11-25T24:00:00Z",
         "2026-11-25T10:60:00Z",
         "2026-11-25T10:00:61Z",
-        "2026-11-25T10:00:00.Z",        /* empty fraction */
+        "2026-11-25T10:00:00.Z", /* empty fraction */
         "2026-11-25T10:00:00.1234567890Z",
         "2026-11-25T10:00:00+0200",
         "2026-11-25T10:00:00+24:00",
@@ -213,10 +218,10 @@ static void test_outcome_of(void **state) {
     assert_int_equal(expiry_outcome_of(ERR_STATUS(EXTRANET__STATUS__NOT_FOUND)),
                      EXPIRY_OUTCOME_DONE);
     const Extranet__Status retry[] = {
-        EXTRANET__STATUS__INVALID,     EXTRANET__STATUS__UNAUTHENTICATED,
-        EXTRANET__STATUS__FORBIDDEN,   EXTRANET__STATUS__CONFLICT,
+        EXTRANET__STATUS__INVALID,      EXTRANET__STATUS__UNAUTHENTICATED,
+        EXTRANET__STATUS__FORBIDDEN,    EXTRANET__STATUS__CONFLICT,
         EXTRANET__STATUS__RATE_LIMITED, EXTRANET__STATUS__INTERNAL,
-        EXTRANET__STATUS__UNAVAILABLE, EXTRANET__STATUS__DEADLINE_EXCEEDED,
+        EXTRANET__STATUS__UNAVAILABLE,  EXTRANET__STATUS__DEADLINE_EXCEEDED,
     };
     for (size_t i = 0; i < sizeof retry / sizeof retry[0]; i++)
         assert_int_equal(expiry_outcome_of(ERR_STATUS(retry[i])), EXPIRY_OUTCOME_RETRY);
