@@ -824,8 +824,9 @@ static void h_create_user(svc_thread_t *t, svc_call_t *call)
     const Extranet__Identity__CreateUserRequest *req = (const void *)call->msg;
     if (!s_allowed_or_reply(call, ACCESS_ADMIN))
         return;
+    /* Admins may create extranet users directly too (e.g. without an invitation). */
     const char *kind = req->kind[0] ? req->kind : "employee";
-    if (s_invalid_or_reply(call, rules_kind_check(kind, false)))
+    if (s_invalid_or_reply(call, rules_kind_check(kind, true)))
         return;
     s_create_user(t, call, req->email, req->display_name, kind, req->password, req->expires_at);
 }
