@@ -105,6 +105,10 @@ static enum MHD_Result s_error(gw_req_t *req, const char *method, int http, cons
 static enum MHD_Result s_status_error(gw_req_t *req, const char *method, Extranet__Status st,
                                       const char *message, int retry_after_s)
 {
+    /* R1: every 404 has the same body, whichever service (or the gateway) said it, so a
+     * hidden resource can never be told from a missing one by its message. */
+    if (st == EXTRANET__STATUS__NOT_FOUND)
+        message = "not found";
     s_extra_t x = {.retry_after_s = st == EXTRANET__STATUS__RATE_LIMITED
                                         ? (retry_after_s > 0 ? retry_after_s : 1)
                                         : 0};
@@ -466,9 +470,11 @@ static enum MHD_Result s_on_complete(gw_http_t *self, gw_req_t *req, const char 
     if (r->flags & GW_ROUTE_RATE) {
         int retry = 0;
         const char *scope = strrchr(r->pattern, '/') + 1;   /* "login", "mfa" */
-        if (!ratelimit_allow(scope, account, req->client_ip, &retry))
+        if (!ratelimit_allow(scope, account, req->client_ip, &retry, &req->rate_local))
             return s_status_error(req, method, EXTRANET__STATUS__RATE_LIMITED,
                                   "too many attempts, try again later", retry);
+        req->rate_scope = scope;
+        snprintf(req->rate_account, sizeof req->rate_account, "%s", account);
     }
     return s_submit(self, req);
 }
@@ -490,6 +496,8 @@ static enum MHD_Result s_on_result(gw_http_t *self, gw_req_t *req, const char *m
         return s_status_error(req, method, req->status,
                               req->message[0] ? req->message : errors_code(req->status),
                               req->retry_after_s);
+    if (req->rate_scope)
+        ratelimit_refund(req->rate_scope, req->rate_account, req->client_ip, req->rate_local);
     if (!r->reply)
         return s_queue(req, method, r->success, NULL, 0, NULL);
     if (!req->arena && !(req->arena = arena_new(64 * 1024 * 1024)))

@@ -68,19 +68,33 @@ static int64_t s_local_hit(uint64_t key, long limit)
 
 static int s_seconds(long long ms) { return ms <= 0 ? 1 : (int)((ms + 999) / 1000); }
 
-bool ratelimit_allow(const char *scope, const char *account, const char *ip,
-                     int *ret_retry_after_s)
+typedef struct {
+    char ha[65], hi[65];   /* Redis key suffixes */
+    uint64_t ka, ki;       /* local table keys */
+    bool has_account;
+} s_keys_t;
+
+static void s_keys(const char *scope, const char *account, const char *ip, s_keys_t *k)
 {
     char acct_norm[320];
     size_t n = 0;
     for (; account[n] && n + 1 < sizeof acct_norm; n++)   /* emails are case-insensitive */
         acct_norm[n] = (char)tolower((unsigned char)account[n]);
     acct_norm[n] = '\0';
-    char ha[65], hi[65];
-    uint64_t ka, ki;
-    s_key_hash(scope, "a", acct_norm, ha, &ka);
-    s_key_hash(scope, "ip", ip, hi, &ki);
-    bool has_account = acct_norm[0] != '\0';
+    s_key_hash(scope, "a", acct_norm, k->ha, &k->ka);
+    s_key_hash(scope, "ip", ip, k->hi, &k->ki);
+    k->has_account = acct_norm[0] != '\0';
+}
+
+bool ratelimit_allow(const char *scope, const char *account, const char *ip,
+                     int *ret_retry_after_s, bool *ret_local)
+{
+    s_keys_t k;
+    s_keys(scope, account, ip, &k);
+    const char *ha = k.ha, *hi = k.hi;
+    uint64_t ka = k.ka, ki = k.ki;
+    bool has_account = k.has_account;
+    *ret_local = false;
     long long window_ms = (long long)s_cfg.window_s * 1000;
 
     rds_t *r = auth_thread_redis();
@@ -122,10 +136,43 @@ bool ratelimit_allow(const char *scope, const char *account, const char *ip,
         }
     }
     /* Redis unreachable or odd: the stricter local limiter decides. */
+    *ret_local = true;
     log_debug("rate limit: Redis unavailable, local limiter used");
     int64_t wa = has_account ? s_local_hit(ka, s_cfg.per_account) : 0;
     int64_t wi = s_local_hit(ki, s_cfg.per_ip);
     int64_t w = wa > wi ? wa : wi;
     *ret_retry_after_s = s_seconds(w);
     return w == 0;
+}
+
+/* DECR only keys that still exist: a DECR on an expired key would create one without TTL. */
+static const char *s_refund_lua =
+    "for i, k in ipairs(KEYS) do if redis.call('EXISTS', k) == 1 then "
+    "redis.call('DECR', k) end end return 0";
+
+void ratelimit_refund(const char *scope, const char *account, const char *ip, bool local)
+{
+    s_keys_t k;
+    s_keys(scope, account, ip, &k);
+    if (local) {
+        pthread_mutex_lock(&s_mu);
+        uint64_t keys[2] = {k.ki, k.ka};
+        for (int i = 0; i < (k.has_account ? 2 : 1); i++) {
+            s_slot_t *s = &s_slots[keys[i] % S_SLOTS];
+            if (s->count > 0)
+                s->count--;
+        }
+        pthread_mutex_unlock(&s_mu);
+        return;
+    }
+    rds_t *r = auth_thread_redis();
+    if (!r)
+        return;
+    redisReply *rep =
+        k.has_account
+            ? rds_command(r, "EVAL %s 2 rl:%s:ip:%s rl:%s:a:%s", s_refund_lua, scope, k.hi,
+                          scope, k.ha)
+            : rds_command(r, "EVAL %s 1 rl:%s:ip:%s", s_refund_lua, scope, k.hi);
+    if (rep)
+        freeReplyObject(rep);   /* best effort: a lost refund only makes the limit stricter */
 }

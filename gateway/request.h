@@ -62,6 +62,11 @@ typedef struct gw_req {
     Extranet__Status deferred_status;
     char deferred_msg[320];
 
+    /* login rate limit: what to refund when the attempt succeeds */
+    const char *rate_scope;           /* static; NULL = not counted */
+    char rate_account[320];
+    bool rate_local;
+
     /* the result (written by the loop or the handler, read by the handler after resume) */
     Extranet__Status status;
     char message[320];
