@@ -752,7 +752,8 @@ def serve(state_dir, daemon):
     state.mkdir(parents=True, exist_ok=True)
     for f in ("ready", "failed", "cluster.env", "pids", "cluster.dir"):
         (state / f).unlink(missing_ok=True)
-    shutil.rmtree(state / "mail", ignore_errors=True)
+    shutil.rmtree(state / "mail", ignore_errors=True)   # a fresh cluster: old links are dead
+    shutil.rmtree(state / "logs", ignore_errors=True)
     (state / "supervisor.log").write_text("")
     if daemon:
         # Double fork + setsid: the supervisor outlives `scripts/dev up` and its terminal.
@@ -782,14 +783,14 @@ def serve(state_dir, daemon):
 
     c = Cluster(log_dir=state / "logs", mail_dir=state / "mail")
     (state / "logs").mkdir(exist_ok=True)
-    code = 0
+    code, failed = 0, None
     try:
         try:
             print("%s supervisor %d starting the cluster" % (time.strftime("%F %T"),
                                                               os.getpid()), flush=True)
             c.start()
         except ClusterError as e:
-            _write_atomic(state / "failed", "%s\n" % e)
+            failed = str(e)
             print("start failed: %s" % e, flush=True)
             return 1
         env = c.client_env()
@@ -823,6 +824,8 @@ def serve(state_dir, daemon):
         for f in ("ready", "cluster.env", "pids", "cluster.dir", "supervisor.pid"):
             (state / f).unlink(missing_ok=True)
         print("%s stopped" % time.strftime("%F %T"), flush=True)
+        if failed is not None:   # written last: scripts/dev reads it once all is gone
+            _write_atomic(state / "failed", "%s\n" % failed)
     return code
 
 
