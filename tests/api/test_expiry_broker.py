@@ -306,3 +306,35 @@ def test_expiry_retries_while_owner_is_down(rpc, cluster, require_service):
     rows = wait_for(lambda: [r for r in timer_rows(cluster, s) if r[0] == "done"], 90,
                     "the timer to fire once identity is back")
     assert rows[0][1] >= 2, rows
+
+
+def test_expiry_copy_killed_mid_call_is_taken_over(rpc, cluster, require_service):
+    """A copy that dies while calling the owner leaves its claim behind; once the claim's lease
+    has lapsed another copy fires the timer (the crashed call counts as an attempt)."""
+    require_service("identity")
+    quick = {"EXTRANET_EXPIRY_CALL_MS": "5000", "EXTRANET_EXPIRY_LEASE_MS": "6000"}
+    s = str(uuid.uuid4())
+    cluster.stop_service("expiry")
+    cluster.stop_service("identity")   # so the call hangs until its deadline
+    copies = []
+    try:
+        copies.append(cluster.add_copy("expiry", env=quick))
+        assert schedule(rpc, s, iso(time.time() - 1))[0] == "OK"
+        claimed = "SELECT count(*) FROM expiry.timers WHERE subject = :'s' AND claim IS NOT NULL"
+        wait_for(lambda: cluster.psql(claimed, s=s) == [["1"]], 10, "the timer to be claimed")
+        cluster.kill_service(copies[0])
+        # the dead copy's call never finished: its claim is still there, nothing recorded
+        assert cluster.psql(claimed, s=s) == [["1"]]
+        assert timer_rows(cluster, s) == [("pending", 1, "")]
+        cluster.start_service("identity")
+        copies.append(cluster.add_copy("expiry", env=quick))
+        rows = wait_for(lambda: [r for r in timer_rows(cluster, s) if r[0] == "done"], 30,
+                        "another copy to take the timer over")
+        assert rows[0][1] == 2, rows
+    finally:
+        for c in copies:
+            if cluster.procs[c].running():
+                cluster.stop_service(c)
+        if not cluster.procs["identity"].running():
+            cluster.start_service("identity")
+        cluster.start_service("expiry")
