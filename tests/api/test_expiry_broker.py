@@ -1,9 +1,8 @@
-"""Black-box tests of the expiry service straight through the broker, with no gateway: an MDP
-client (tests/api/mdp_peer.py) sends extranet.Request envelopes built from proto/*.proto with
+"""Black-box tests of the expiry service straight through the broker, with no gateway: a small
+Majordomo client (7/MDP, MDPC01 on a DEALER) sends extranet.Request envelopes built from proto/*.proto with
 protoc --python_out into a temp dir; expiry.timers is inspected with psql. Covers who may call,
 validation, Schedule as an idempotent upsert, Cancel, and firing (owner identity.Deactivate)."""
 
-import os
 import subprocess
 import sys
 import time
@@ -12,9 +11,6 @@ from pathlib import Path
 
 import pytest
 import zmq
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mdp_peer import Client  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -33,6 +29,30 @@ def pb(tmp_path_factory):
     class PB:
         envelope, expiry, identity = envelope_pb2, expiry_pb2, identity_pb2
     return PB
+
+
+class Client:
+    """A Majordomo 7/MDP client on a DEALER, so it writes the empty delimiter frame itself:
+    sends "" | MDPC01 | service | body, receives "" | MDPC01 | service | body."""
+
+    def __init__(self, ctx, endpoint):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def send(self, service, body):
+        self.sock.send_multipart([b"", b"MDPC01", service.encode(), body])
+
+    def recv(self, timeout):
+        """(service, [body frames]) or None when nothing came within timeout seconds."""
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        frames = self.sock.recv_multipart()
+        assert len(frames) >= 4 and frames[0] == b"" and frames[1] == b"MDPC01", frames
+        return frames[2], frames[3:]
+
+    def close(self):
+        self.sock.close()
 
 
 class Rpc:
