@@ -24,8 +24,7 @@ static const char s_usage[] =
     "  plus EXTRANET_BROKER, EXTRANET_EVENTS_PUB, EXTRANET_PG, EXTRANET_REDIS,\n"
     "  EXTRANET_THREADS, EXTRANET_LOG\n";
 
-static int s_config(void)
-{
+static int s_config(void) {
     if (cfg_long("EXTRANET_SESSION_IDLE_S", 1800, 60, 30L * 86400, &identity_cfg.idle_s) != 0 ||
         cfg_long("EXTRANET_SESSION_MAX_S", 43200, 300, 90L * 86400, &identity_cfg.max_s) != 0)
         return -1;
@@ -55,8 +54,7 @@ static int s_config(void)
     return 0;
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     int rc = cfg_handle_args(argc, argv, "identity", s_usage);
     if (rc != 0)
         return rc > 0 ? 0 : 2;

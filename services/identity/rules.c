@@ -4,21 +4,18 @@
 #include <ctype.h>
 #include <string.h>
 
-static bool s_is_user_kind(Extranet__ActorKind k)
-{
+static bool s_is_user_kind(Extranet__ActorKind k) {
     return k == EXTRANET__ACTOR_KIND__ADMIN || k == EXTRANET__ACTOR_KIND__EMPLOYEE ||
            k == EXTRANET__ACTOR_KIND__EXTRANET;
 }
 
 /* A signed-in user has a kind, a user id and a session id (the gateway sets all three). */
-static bool s_is_signed_in(const Extranet__Actor *a)
-{
+static bool s_is_signed_in(const Extranet__Actor *a) {
     return a && s_is_user_kind(a->kind) && a->user_id && a->user_id[0] && a->session_id &&
            a->session_id[0];
 }
 
-Extranet__Status rules_access_check(rules_access_t access, const Extranet__Actor *actor)
-{
+Extranet__Status rules_access_check(rules_access_t access, const Extranet__Actor *actor) {
     Extranet__ActorKind kind = actor ? actor->kind : EXTRANET__ACTOR_KIND__ANONYMOUS;
     switch (access) {
     case ACCESS_ANY:
@@ -50,16 +47,14 @@ Extranet__Status rules_access_check(rules_access_t access, const Extranet__Actor
     return EXTRANET__STATUS__FORBIDDEN;
 }
 
-static bool s_has_control(const char *s)
-{
+static bool s_has_control(const char *s) {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++)
         if (*p < 0x20 || *p == 0x7f)
             return true;
     return false;
 }
 
-const char *rules_email_check(const char *email)
-{
+const char *rules_email_check(const char *email) {
     if (!email || !email[0])
         return "email is required";
     size_t n = strlen(email);
@@ -71,8 +66,7 @@ const char *rules_email_check(const char *email)
     if (at == email || at - email > 64)
         return "email needs a local part of 1 to 64 characters";
     const char *domain = at + 1;
-    if (!domain[0] || domain[0] == '.' || domain[strlen(domain) - 1] == '.' ||
-        strstr(domain, ".."))
+    if (!domain[0] || domain[0] == '.' || domain[strlen(domain) - 1] == '.' || strstr(domain, ".."))
         return "email has an invalid domain";
     for (const unsigned char *p = (const unsigned char *)email; *p; p++) {
         /* Printable ASCII without the characters that would need quoting in a mail header:
@@ -86,8 +80,7 @@ const char *rules_email_check(const char *email)
     return NULL;
 }
 
-const char *rules_password_check(const char *pw)
-{
+const char *rules_password_check(const char *pw) {
     if (!pw || !pw[0])
         return "password is required";
     size_t n = strlen(pw);
@@ -98,8 +91,7 @@ const char *rules_password_check(const char *pw)
     return NULL;
 }
 
-const char *rules_login_password_check(const char *pw)
-{
+const char *rules_login_password_check(const char *pw) {
     if (!pw || !pw[0])
         return "password is required";
     if (strlen(pw) > 1024)
@@ -107,8 +99,7 @@ const char *rules_login_password_check(const char *pw)
     return NULL;
 }
 
-const char *rules_display_name_check(const char *name)
-{
+const char *rules_display_name_check(const char *name) {
     if (!name || !name[0])
         return "display_name is required";
     if (strlen(name) > 200)
@@ -118,16 +109,14 @@ const char *rules_display_name_check(const char *name)
     return NULL;
 }
 
-static bool s_digits(const char *s, int n)
-{
+static bool s_digits(const char *s, int n) {
     for (int i = 0; i < n; i++)
         if (!isdigit((unsigned char)s[i]))
             return false;
     return true;
 }
 
-const char *rules_rfc3339_check(const char *ts)
-{
+const char *rules_rfc3339_check(const char *ts) {
     static const char *msg = "timestamp must be RFC 3339, e.g. 2026-11-25T10:00:00Z";
     if (!ts || strlen(ts) < 20 || strlen(ts) > 35)
         return msg;
@@ -163,8 +152,7 @@ const char *rules_rfc3339_check(const char *ts)
     return msg;
 }
 
-const char *rules_kind_check(const char *kind, bool allow_extranet)
-{
+const char *rules_kind_check(const char *kind, bool allow_extranet) {
     if (kind && (!strcmp(kind, "admin") || !strcmp(kind, "employee")))
         return NULL;
     if (kind && allow_extranet && !strcmp(kind, "extranet"))
@@ -173,15 +161,13 @@ const char *rules_kind_check(const char *kind, bool allow_extranet)
                           : "kind must be employee or admin";
 }
 
-const char *rules_status_check(const char *status)
-{
+const char *rules_status_check(const char *status) {
     if (status && (!strcmp(status, "active") || !strcmp(status, "deactivated")))
         return NULL;
     return "status must be active or deactivated";
 }
 
-bool rules_totp_step_ok(int64_t step, int64_t now_step, int64_t last_step, int window)
-{
+bool rules_totp_step_ok(int64_t step, int64_t now_step, int64_t last_step, int window) {
     if (window < 0 || step < 0)
         return false;
     int64_t d = step - now_step;
@@ -190,16 +176,14 @@ bool rules_totp_step_ok(int64_t step, int64_t now_step, int64_t last_step, int w
     return step > last_step;
 }
 
-int64_t rules_session_cache_ttl_ms(int64_t now_ms, int64_t valid_until_ms)
-{
+int64_t rules_session_cache_ttl_ms(int64_t now_ms, int64_t valid_until_ms) {
     int64_t left = valid_until_ms - now_ms;
     if (left <= 0)
         return 0;
     return left < RULES_SESSION_CACHE_MAX_MS ? left : RULES_SESSION_CACHE_MAX_MS;
 }
 
-bool rules_recovery_normalize(const char *in, char out[RULES_RECOVERY_LEN + 1])
-{
+bool rules_recovery_normalize(const char *in, char out[RULES_RECOVERY_LEN + 1]) {
     static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz234567";
     size_t n = 0;
     if (!in)
@@ -216,7 +200,6 @@ bool rules_recovery_normalize(const char *in, char out[RULES_RECOVERY_LEN + 1])
     return n == RULES_RECOVERY_LEN;
 }
 
-bool rules_totp_code_shape(const char *code)
-{
+bool rules_totp_code_shape(const char *code) {
     return code && strlen(code) == 6 && s_digits(code, 6);
 }

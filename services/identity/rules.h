@@ -22,11 +22,11 @@ typedef enum {
 Extranet__Status rules_access_check(rules_access_t access, const Extranet__Actor *actor);
 
 /* Input validation. Each returns NULL when valid, else a message safe to show the caller. */
-const char *rules_email_check(const char *email);              /* 3..254 bytes, one '@', ... */
-const char *rules_password_check(const char *pw);              /* a new password: 8..256 bytes */
-const char *rules_login_password_check(const char *pw);        /* non-empty, <= 1024 bytes */
-const char *rules_display_name_check(const char *name);        /* 1..200 bytes, no controls */
-const char *rules_rfc3339_check(const char *ts);               /* 2026-11-25T10:00:00(.123)Z/+01:00 */
+const char *rules_email_check(const char *email);       /* 3..254 bytes, one '@', ... */
+const char *rules_password_check(const char *pw);       /* a new password: 8..256 bytes */
+const char *rules_login_password_check(const char *pw); /* non-empty, <= 1024 bytes */
+const char *rules_display_name_check(const char *name); /* 1..200 bytes, no controls */
+const char *rules_rfc3339_check(const char *ts);        /* 2026-11-25T10:00:00(.123)Z/+01:00 */
 const char *rules_kind_check(const char *kind, bool allow_extranet);
 const char *rules_status_check(const char *status);
 

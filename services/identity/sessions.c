@@ -19,8 +19,7 @@ static const char s_fill_lua[] =
     "redis.call('DEL', KEYS[1]) "
     "return 1";
 
-void sessions_token_new(char token[SESSIONS_TOKEN_LEN + 1], char hash[SESSIONS_HASH_LEN + 1])
-{
+void sessions_token_new(char token[SESSIONS_TOKEN_LEN + 1], char hash[SESSIONS_HASH_LEN + 1]) {
     unsigned char rnd[32];
     randombytes_buf(rnd, sizeof rnd);
     sodium_bin2base64(token, SESSIONS_TOKEN_LEN + 1, rnd, sizeof rnd,
@@ -29,15 +28,13 @@ void sessions_token_new(char token[SESSIONS_TOKEN_LEN + 1], char hash[SESSIONS_H
     sessions_token_hash(token, hash);
 }
 
-void sessions_token_hash(const char *token, char hash[SESSIONS_HASH_LEN + 1])
-{
+void sessions_token_hash(const char *token, char hash[SESSIONS_HASH_LEN + 1]) {
     unsigned char d[crypto_hash_sha256_BYTES];
     crypto_hash_sha256(d, (const unsigned char *)token, strlen(token));
     sodium_bin2hex(hash, SESSIONS_HASH_LEN + 1, d, sizeof d);
 }
 
-bool sessions_hash_valid(const char *h)
-{
+bool sessions_hash_valid(const char *h) {
     if (!h || strlen(h) != SESSIONS_HASH_LEN)
         return false;
     for (const char *p = h; *p; p++)
@@ -46,8 +43,7 @@ bool sessions_hash_valid(const char *h)
     return true;
 }
 
-bool sessions_cache_lease(rds_t *r, const char *h, char lease[SESSIONS_LEASE_LEN + 1])
-{
+bool sessions_cache_lease(rds_t *r, const char *h, char lease[SESSIONS_LEASE_LEN + 1]) {
     unsigned char rnd[SESSIONS_LEASE_LEN / 2];
     randombytes_buf(rnd, sizeof rnd);
     sodium_bin2hex(lease, SESSIONS_LEASE_LEN + 1, rnd, sizeof rnd);
@@ -59,16 +55,15 @@ bool sessions_cache_lease(rds_t *r, const char *h, char lease[SESSIONS_LEASE_LEN
 }
 
 bool sessions_cache_fill(rds_t *r, const char *h, const char *lease, const sessions_entry_t *e,
-                         int64_t ttl_ms)
-{
+                         int64_t ttl_ms) {
     char fill_key[80], sess_key[80], valid[24], ttl[24];
     snprintf(fill_key, sizeof fill_key, "fill:sess:%s", h);
     snprintf(sess_key, sizeof sess_key, "sess:%s", h);
     snprintf(valid, sizeof valid, "%lld", (long long)e->valid_until_ms);
     snprintf(ttl, sizeof ttl, "%lld", (long long)ttl_ms);
-    const char *argv[] = {"EVAL",       s_fill_lua, "2",          fill_key,
-                          sess_key,     lease,      e->user_id,   e->kind,
-                          e->session_id, e->mfa_pending ? "1" : "0", valid, ttl};
+    const char *argv[] = {"EVAL", s_fill_lua, "2",     fill_key,      sess_key,
+                          lease,  e->user_id, e->kind, e->session_id, e->mfa_pending ? "1" : "0",
+                          valid,  ttl};
     size_t lens[sizeof argv / sizeof argv[0]];
     for (size_t i = 0; i < sizeof argv / sizeof argv[0]; i++)
         lens[i] = strlen(argv[i]);
@@ -82,15 +77,14 @@ bool sessions_cache_fill(rds_t *r, const char *h, const char *lease, const sessi
 /* One DEL of at most 2 * SESSIONS_DEL_CHUNK keys per round trip. */
 #define SESSIONS_DEL_CHUNK 128
 
-int sessions_cache_delete(rds_t *r, char *const *hashes, size_t n)
-{
+int sessions_cache_delete(rds_t *r, char *const *hashes, size_t n) {
     if (n == 0)
         return 0;
     if (!r)
         return -EIO;
     const char *argv[1 + 2 * SESSIONS_DEL_CHUNK];
     size_t lens[1 + 2 * SESSIONS_DEL_CHUNK];
-    char (*keys)[80] = malloc(2 * SESSIONS_DEL_CHUNK * sizeof *keys);
+    char(*keys)[80] = malloc(sizeof *keys * 2 * SESSIONS_DEL_CHUNK);
     if (!keys)
         return -ENOMEM;
     int rc = 0;

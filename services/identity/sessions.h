@@ -10,8 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SESSIONS_TOKEN_LEN 43   /* 32 random bytes, base64url without padding */
-#define SESSIONS_HASH_LEN 64    /* sha256, lower-case hex */
+#define SESSIONS_TOKEN_LEN 43 /* 32 random bytes, base64url without padding */
+#define SESSIONS_HASH_LEN  64 /* sha256, lower-case hex */
 #define SESSIONS_LEASE_LEN 32
 
 /* A new random token and the hex SHA-256 of its text. */

@@ -6,18 +6,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define USER_COLS                                                                              \
-    "u.id::text AS id, u.email, u.display_name, u.kind, u.status, "                           \
-    "coalesce(rfc3339(u.expires_at), '') AS expires_at, "                                      \
-    "EXISTS (SELECT 1 FROM mfa m WHERE m.user_id = u.id AND m.confirmed) AS mfa_enabled, "     \
-    "rfc3339(u.created_at) AS created_at, rfc3339(u.updated_at) AS updated_at, "               \
-    "u.password_hash, "                                                                        \
+#define USER_COLS                                                                                  \
+    "u.id::text AS id, u.email, u.display_name, u.kind, u.status, "                                \
+    "coalesce(rfc3339(u.expires_at), '') AS expires_at, "                                          \
+    "EXISTS (SELECT 1 FROM mfa m WHERE m.user_id = u.id AND m.confirmed) AS mfa_enabled, "         \
+    "rfc3339(u.created_at) AS created_at, rfc3339(u.updated_at) AS updated_at, "                   \
+    "u.password_hash, "                                                                            \
     "(u.status = 'active' AND (u.expires_at IS NULL OR u.expires_at > now())) AS usable "
 
-#define REVOKE_TAIL                                                                            \
-    "RETURNING id, token_hash), "                                                              \
-    "p AS (INSERT INTO pending_invalidations (token_hash) SELECT token_hash FROM d "           \
-    "      ON CONFLICT DO NOTHING) "                                                           \
+#define REVOKE_TAIL                                                                                \
+    "RETURNING id, token_hash), "                                                                  \
+    "p AS (INSERT INTO pending_invalidations (token_hash) SELECT token_hash FROM d "               \
+    "      ON CONFLICT DO NOTHING) "                                                               \
     "SELECT id::text AS id, token_hash FROM d"
 
 const pg_stmt_t identity_statements[] = {
@@ -29,7 +29,8 @@ const pg_stmt_t identity_statements[] = {
      5},
     {"admin_first",
      "INSERT INTO users (email, display_name, kind, password_hash) "
-     "SELECT lower($1), $2, 'admin', $3 WHERE NOT EXISTS (SELECT 1 FROM users WHERE kind = 'admin') "
+     "SELECT lower($1), $2, 'admin', $3 WHERE NOT EXISTS (SELECT 1 FROM users WHERE kind = "
+     "'admin') "
      "ON CONFLICT DO NOTHING RETURNING id::text AS id",
      3},
     {"user_set_password",
@@ -105,6 +106,11 @@ const pg_stmt_t identity_statements[] = {
      "SELECT token_hash FROM sessions WHERE user_id = $1::uuid "
      "ON CONFLICT DO NOTHING RETURNING '' AS id, token_hash",
      1},
+    {"session_invalidate_extranet",
+     "INSERT INTO pending_invalidations (token_hash) "
+     "SELECT s.token_hash FROM sessions s JOIN users u ON u.id = s.user_id "
+     "WHERE u.kind = 'extranet' ON CONFLICT DO NOTHING RETURNING '' AS id, token_hash",
+     0},
     {"pending_done", "DELETE FROM pending_invalidations WHERE token_hash = ANY ($1::text[])", 1},
     {"pending_batch",
      "UPDATE pending_invalidations SET attempts = attempts + 1 WHERE token_hash IN "
@@ -182,22 +188,19 @@ const pg_stmt_t identity_statements[] = {
 /* --- helpers ------------------------------------------------------------------------------ */
 
 /* Column col of row as a new arena string ("" for NULL); NULL on OOM or unknown column. */
-static char *s_col(arena_t *a, const PGresult *res, int row, const char *col)
-{
+static char *s_col(arena_t *a, const PGresult *res, int row, const char *col) {
     int c = PQfnumber(res, col);
     if (c < 0)
         return NULL;
     return arena_strdup(a, PQgetisnull(res, row, c) ? "" : PQgetvalue(res, row, c));
 }
 
-static bool s_bool(const PGresult *res, int row, const char *col)
-{
+static bool s_bool(const PGresult *res, int row, const char *col) {
     int c = PQfnumber(res, col);
     return c >= 0 && !PQgetisnull(res, row, c) && PQgetvalue(res, row, c)[0] == 't';
 }
 
-static int64_t s_i64(const PGresult *res, int row, const char *col)
-{
+static int64_t s_i64(const PGresult *res, int row, const char *col) {
     int c = PQfnumber(res, col);
     if (c < 0 || PQgetisnull(res, row, c))
         return 0;
@@ -206,8 +209,7 @@ static int64_t s_i64(const PGresult *res, int row, const char *col)
 
 /* Runs a statement and reports "no row" as -ENOENT when need_row. *ret_res only on 0. */
 static int s_exec(pg_t *pg, const char *name, const char *const *params, bool need_row,
-                  PGresult **ret_res)
-{
+                  PGresult **ret_res) {
     PGresult *res = NULL;
     int rc = pg_exec(pg, name, params, &res);
     if (rc != 0)
@@ -224,8 +226,7 @@ static int s_exec(pg_t *pg, const char *name, const char *const *params, bool ne
 }
 
 static Extranet__Identity__User *s_user_row(arena_t *a, const PGresult *res, int row,
-                                            store_user_t *ret)
-{
+                                            store_user_t *ret) {
     Extranet__Identity__User *u = arena_alloc(a, sizeof *u);
     if (!u)
         return NULL;
@@ -252,9 +253,7 @@ static Extranet__Identity__User *s_user_row(arena_t *a, const PGresult *res, int
     return u;
 }
 
-static int s_user_one(pg_t *pg, arena_t *a, const char *stmt, const char *arg,
-                      store_user_t *ret)
-{
+static int s_user_one(pg_t *pg, arena_t *a, const char *stmt, const char *arg, store_user_t *ret) {
     PGresult *res = NULL;
     const char *params[] = {arg};
     int rc = s_exec(pg, stmt, params, true, &res);
@@ -266,14 +265,13 @@ static int s_user_one(pg_t *pg, arena_t *a, const char *stmt, const char *arg,
 }
 
 static int s_user_many(pg_t *pg, arena_t *a, const char *stmt, const char *const *params,
-                       Extranet__Identity__User ***ret_users, size_t *ret_n)
-{
+                       Extranet__Identity__User ***ret_users, size_t *ret_n) {
     PGresult *res = NULL;
     int rc = s_exec(pg, stmt, params, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
-    Extranet__Identity__User **v = arena_alloc(a, (n ? n : 1) * sizeof *v);
+    Extranet__Identity__User **v = arena_alloc(a, (n ? n : 1) * sizeof(Extranet__Identity__User *));
     rc = v ? 0 : -ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++)
         if (!(v[i] = s_user_row(a, res, (int)i, NULL)))
@@ -287,27 +285,23 @@ static int s_user_many(pg_t *pg, arena_t *a, const char *stmt, const char *const
 }
 
 /* Changes exactly one row or answers -ENOENT. */
-static int s_exec_one(pg_t *pg, const char *stmt, const char *const *params)
-{
+static int s_exec_one(pg_t *pg, const char *stmt, const char *const *params) {
     return s_exec(pg, stmt, params, true, NULL);
 }
 
 /* --- users -------------------------------------------------------------------------------- */
 
-int store_user_by_email(pg_t *pg, arena_t *a, const char *email, store_user_t *ret)
-{
+int store_user_by_email(pg_t *pg, arena_t *a, const char *email, store_user_t *ret) {
     return s_user_one(pg, a, "user_by_email", email, ret);
 }
 
-int store_user_by_id(pg_t *pg, arena_t *a, const char *id, store_user_t *ret)
-{
+int store_user_by_id(pg_t *pg, arena_t *a, const char *id, store_user_t *ret) {
     return s_user_one(pg, a, "user_by_id", id, ret);
 }
 
 int store_user_insert(pg_t *pg, arena_t *a, const char *email, const char *display_name,
                       const char *kind, const char *hash, const char *expires_at,
-                      Extranet__Identity__User **ret_user)
-{
+                      Extranet__Identity__User **ret_user) {
     const char *params[] = {email, display_name, kind, hash, expires_at};
     PGresult *res = NULL;
     int rc = s_exec(pg, "user_insert", params, true, &res);
@@ -325,8 +319,7 @@ int store_user_insert(pg_t *pg, arena_t *a, const char *email, const char *displ
 }
 
 int store_admin_first(pg_t *pg, const char *email, const char *display_name, const char *hash,
-                      bool *ret_created)
-{
+                      bool *ret_created) {
     const char *params[] = {email, display_name, hash};
     PGresult *res = NULL;
     int rc = s_exec(pg, "admin_first", params, false, &res);
@@ -337,21 +330,18 @@ int store_admin_first(pg_t *pg, const char *email, const char *display_name, con
     return 0;
 }
 
-int store_user_set_password(pg_t *pg, const char *id, const char *hash)
-{
+int store_user_set_password(pg_t *pg, const char *id, const char *hash) {
     const char *params[] = {id, hash};
     return s_exec_one(pg, "user_set_password", params);
 }
 
 int store_user_update(pg_t *pg, const char *id, const char *display_name, const char *status,
-                      const char *expires_at, bool clear_expires)
-{
+                      const char *expires_at, bool clear_expires) {
     const char *params[] = {id, display_name, status, expires_at, clear_expires ? "t" : "f"};
     return s_exec_one(pg, "user_update", params);
 }
 
-int store_user_deactivate(pg_t *pg, const char *id, bool only_if_expired, bool *ret_changed)
-{
+int store_user_deactivate(pg_t *pg, const char *id, bool only_if_expired, bool *ret_changed) {
     const char *params[] = {id, only_if_expired ? "t" : "f"};
     PGresult *res = NULL;
     int rc = s_exec(pg, "user_deactivate", params, false, &res);
@@ -362,16 +352,14 @@ int store_user_deactivate(pg_t *pg, const char *id, bool only_if_expired, bool *
     return 0;
 }
 
-int store_user_transfer(pg_t *pg, const char *id)
-{
+int store_user_transfer(pg_t *pg, const char *id) {
     const char *params[] = {id};
     return s_exec_one(pg, "user_transfer", params);
 }
 
-int store_users_list(pg_t *pg, arena_t *a, const char *after, const char *kind,
-                     const char *status, const char *q, int limit,
-                     Extranet__Identity__User ***ret_users, size_t *ret_n, bool *ret_more)
-{
+int store_users_list(pg_t *pg, arena_t *a, const char *after, const char *kind, const char *status,
+                     const char *q, int limit, Extranet__Identity__User ***ret_users, size_t *ret_n,
+                     bool *ret_more) {
     char lim[16];
     snprintf(lim, sizeof lim, "%d", limit + 1);
     const char *params[] = {after, kind, status, q, lim};
@@ -385,8 +373,7 @@ int store_users_list(pg_t *pg, arena_t *a, const char *after, const char *kind,
 }
 
 int store_users_by_ids(pg_t *pg, arena_t *a, const char *ids_array,
-                       Extranet__Identity__User ***ret_users, size_t *ret_n)
-{
+                       Extranet__Identity__User ***ret_users, size_t *ret_n) {
     const char *params[] = {ids_array};
     return s_user_many(pg, a, "users_by_ids", params, ret_users, ret_n);
 }
@@ -394,8 +381,7 @@ int store_users_by_ids(pg_t *pg, arena_t *a, const char *ids_array,
 /* --- sessions ----------------------------------------------------------------------------- */
 
 int store_session_insert(pg_t *pg, const char *token_hash, const char *user_id,
-                         const char *client_ip, long idle_s, long max_s, char ret_id[37])
-{
+                         const char *client_ip, long idle_s, long max_s, char ret_id[37]) {
     char idle[24], max[24];
     snprintf(idle, sizeof idle, "%ld", idle_s);
     snprintf(max, sizeof max, "%ld", max_s);
@@ -409,8 +395,7 @@ int store_session_insert(pg_t *pg, const char *token_hash, const char *user_id,
     return 0;
 }
 
-int store_session_auth(pg_t *pg, arena_t *a, const char *token_hash, store_auth_t *ret)
-{
+int store_session_auth(pg_t *pg, arena_t *a, const char *token_hash, store_auth_t *ret) {
     const char *params[] = {token_hash};
     PGresult *res = NULL;
     int rc = s_exec(pg, "session_auth", params, true, &res);
@@ -427,8 +412,7 @@ int store_session_auth(pg_t *pg, arena_t *a, const char *token_hash, store_auth_
 }
 
 int store_session_touch(pg_t *pg, const char *session_id, long idle_s,
-                        int64_t *ret_valid_until_ms)
-{
+                        int64_t *ret_valid_until_ms) {
     char idle[24];
     snprintf(idle, sizeof idle, "%ld", idle_s);
     const char *params[] = {session_id, idle};
@@ -442,15 +426,15 @@ int store_session_touch(pg_t *pg, const char *session_id, long idle_s,
 }
 
 int store_sessions_list(pg_t *pg, arena_t *a, const char *user_id, const char *current_id,
-                        Extranet__Identity__Session ***ret, size_t *ret_n)
-{
+                        Extranet__Identity__Session ***ret, size_t *ret_n) {
     const char *params[] = {user_id};
     PGresult *res = NULL;
     int rc = s_exec(pg, "sessions_list", params, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
-    Extranet__Identity__Session **v = arena_alloc(a, (n ? n : 1) * sizeof *v);
+    Extranet__Identity__Session **v =
+        arena_alloc(a, (n ? n : 1) * sizeof(Extranet__Identity__Session *));
     rc = v ? 0 : -ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++) {
         Extranet__Identity__Session *s = arena_alloc(a, sizeof *s);
@@ -479,8 +463,7 @@ int store_sessions_list(pg_t *pg, arena_t *a, const char *user_id, const char *c
     return rc;
 }
 
-static int s_hashes(arena_t *a, PGresult *res, store_hashes_t *ret)
-{
+static int s_hashes(arena_t *a, PGresult *res, store_hashes_t *ret) {
     size_t n = (size_t)PQntuples(res);
     ret->n = 0;
     ret->ids = arena_alloc(a, (n ? n : 1) * sizeof(char *));
@@ -498,8 +481,7 @@ static int s_hashes(arena_t *a, PGresult *res, store_hashes_t *ret)
 }
 
 static int s_exec_hashes(pg_t *pg, arena_t *a, const char *stmt, const char *const *params,
-                         store_hashes_t *ret)
-{
+                         store_hashes_t *ret) {
     PGresult *res = NULL;
     int rc = s_exec(pg, stmt, params, false, &res);
     if (rc != 0)
@@ -510,38 +492,36 @@ static int s_exec_hashes(pg_t *pg, arena_t *a, const char *stmt, const char *con
 }
 
 int store_sessions_revoke(pg_t *pg, arena_t *a, store_revoke_t which, const char *user_id,
-                          const char *session_id, store_hashes_t *ret)
-{
+                          const char *session_id, store_hashes_t *ret) {
     const char *params[] = {user_id, session_id};
-    const char *stmt = which == STORE_REVOKE_ONE    ? "session_revoke_one"
+    const char *stmt = which == STORE_REVOKE_ONE   ? "session_revoke_one"
                        : which == STORE_REVOKE_ALL ? "session_revoke_all"
                                                    : "session_revoke_others";
     return s_exec_hashes(pg, a, stmt, params, ret);
 }
 
-int store_sessions_invalidate_user(pg_t *pg, arena_t *a, const char *user_id,
-                                   store_hashes_t *ret)
-{
+int store_sessions_invalidate_user(pg_t *pg, arena_t *a, const char *user_id, store_hashes_t *ret) {
     const char *params[] = {user_id};
     return s_exec_hashes(pg, a, "session_invalidate_user", params, ret);
 }
 
-int store_pending_done(pg_t *pg, const char *hashes_array)
-{
+int store_sessions_invalidate_extranet(pg_t *pg, arena_t *a, store_hashes_t *ret) {
+    return s_exec_hashes(pg, a, "session_invalidate_extranet", NULL, ret);
+}
+
+int store_pending_done(pg_t *pg, const char *hashes_array) {
     const char *params[] = {hashes_array};
     return s_exec(pg, "pending_done", params, false, NULL);
 }
 
-int store_pending_batch(pg_t *pg, arena_t *a, int limit, store_hashes_t *ret)
-{
+int store_pending_batch(pg_t *pg, arena_t *a, int limit, store_hashes_t *ret) {
     char lim[16];
     snprintf(lim, sizeof lim, "%d", limit);
     const char *params[] = {lim};
     return s_exec_hashes(pg, a, "pending_batch", params, ret);
 }
 
-int store_cleanup(pg_t *pg)
-{
+int store_cleanup(pg_t *pg) {
     int rc = s_exec(pg, "sessions_cleanup", NULL, false, NULL);
     if (rc == 0)
         rc = s_exec(pg, "mfa_tokens_cleanup", NULL, false, NULL);
@@ -551,15 +531,13 @@ int store_cleanup(pg_t *pg)
 /* --- 2FA ---------------------------------------------------------------------------------- */
 
 int store_mfa_token_insert(pg_t *pg, const char *token_hash, const char *user_id,
-                           const char *client_ip)
-{
+                           const char *client_ip) {
     const char *params[] = {token_hash, user_id, client_ip ? client_ip : ""};
     return s_exec(pg, "mfa_token_insert", params, false, NULL);
 }
 
 int store_mfa_token_try(pg_t *pg, arena_t *a, const char *token_hash, char **ret_user_id,
-                        int *ret_tries)
-{
+                        int *ret_tries) {
     const char *params[] = {token_hash};
     PGresult *res = NULL;
     int rc = s_exec(pg, "mfa_token_try", params, true, &res);
@@ -571,14 +549,12 @@ int store_mfa_token_try(pg_t *pg, arena_t *a, const char *token_hash, char **ret
     return *ret_user_id ? 0 : -ENOMEM;
 }
 
-int store_mfa_token_take(pg_t *pg, const char *token_hash)
-{
+int store_mfa_token_take(pg_t *pg, const char *token_hash) {
     const char *params[] = {token_hash};
     return s_exec_one(pg, "mfa_token_take", params);
 }
 
-int store_mfa_get(pg_t *pg, arena_t *a, const char *user_id, store_mfa_t *ret)
-{
+int store_mfa_get(pg_t *pg, arena_t *a, const char *user_id, store_mfa_t *ret) {
     const char *params[] = {user_id};
     PGresult *res = NULL;
     int rc = s_exec(pg, "mfa_get", params, true, &res);
@@ -591,38 +567,33 @@ int store_mfa_get(pg_t *pg, arena_t *a, const char *user_id, store_mfa_t *ret)
     return ret->secret_enc ? 0 : -ENOMEM;
 }
 
-int store_mfa_enroll(pg_t *pg, const char *user_id, const char *secret_enc)
-{
+int store_mfa_enroll(pg_t *pg, const char *user_id, const char *secret_enc) {
     const char *params[] = {user_id, secret_enc};
     int rc = s_exec_one(pg, "mfa_enroll", params);
     return rc == -ENOENT ? -EEXIST : rc;
 }
 
-int store_mfa_use_step(pg_t *pg, const char *user_id, int64_t step)
-{
+int store_mfa_use_step(pg_t *pg, const char *user_id, int64_t step) {
     char st[24];
     snprintf(st, sizeof st, "%lld", (long long)step);
     const char *params[] = {user_id, st};
     return s_exec_one(pg, "mfa_use_step", params);
 }
 
-int store_mfa_confirm(pg_t *pg, const char *user_id, const char *secret_enc, int64_t step)
-{
+int store_mfa_confirm(pg_t *pg, const char *user_id, const char *secret_enc, int64_t step) {
     char st[24];
     snprintf(st, sizeof st, "%lld", (long long)step);
     const char *params[] = {user_id, secret_enc, st};
     return s_exec_one(pg, "mfa_confirm", params);
 }
 
-int store_mfa_delete(pg_t *pg, const char *user_id)
-{
+int store_mfa_delete(pg_t *pg, const char *user_id) {
     const char *params[] = {user_id};
     return s_exec(pg, "mfa_delete", params, false, NULL);
 }
 
 int store_recovery_replace(pg_t *pg, const char *user_id, const char *salts_array,
-                           const char *hashes_array)
-{
+                           const char *hashes_array) {
     const char *p1[] = {user_id};
     int rc = s_exec(pg, "recovery_delete", p1, false, NULL);
     if (rc != 0)
@@ -632,8 +603,7 @@ int store_recovery_replace(pg_t *pg, const char *user_id, const char *salts_arra
 }
 
 int store_recovery_unused(pg_t *pg, arena_t *a, const char *user_id, store_recovery_t **ret,
-                          size_t *ret_n)
-{
+                          size_t *ret_n) {
     const char *params[] = {user_id};
     PGresult *res = NULL;
     int rc = s_exec(pg, "recovery_unused", params, false, &res);
@@ -657,16 +627,14 @@ int store_recovery_unused(pg_t *pg, arena_t *a, const char *user_id, store_recov
     return rc;
 }
 
-int store_recovery_use(pg_t *pg, const char *id)
-{
+int store_recovery_use(pg_t *pg, const char *id) {
     const char *params[] = {id};
     return s_exec_one(pg, "recovery_use", params);
 }
 
 /* --- policy ------------------------------------------------------------------------------- */
 
-int store_policy_get(pg_t *pg, Extranet__Identity__Policy *ret)
-{
+int store_policy_get(pg_t *pg, Extranet__Identity__Policy *ret) {
     PGresult *res = NULL;
     int rc = s_exec(pg, "policy_get", NULL, true, &res);
     if (rc != 0)
@@ -677,8 +645,7 @@ int store_policy_get(pg_t *pg, Extranet__Identity__Policy *ret)
     return 0;
 }
 
-int store_policy_set(pg_t *pg, const Extranet__Identity__Policy *p)
-{
+int store_policy_set(pg_t *pg, const Extranet__Identity__Policy *p) {
     const char *params[] = {p->extranet_mfa_required ? "t" : "f",
                             p->extranet_public_links_allowed ? "t" : "f"};
     return s_exec(pg, "policy_set", params, false, NULL);
@@ -686,14 +653,12 @@ int store_policy_set(pg_t *pg, const Extranet__Identity__Policy *p)
 
 /* --- mail --------------------------------------------------------------------------------- */
 
-int store_mail_enqueue(pg_t *pg, const char *rcpt, const char *subject, const char *body)
-{
+int store_mail_enqueue(pg_t *pg, const char *rcpt, const char *subject, const char *body) {
     const char *params[] = {rcpt, subject, body};
     return s_exec(pg, "mail_enqueue", params, false, NULL);
 }
 
-int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t *ret_n)
-{
+int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t *ret_n) {
     char lim[16];
     snprintf(lim, sizeof lim, "%d", limit);
     const char *params[] = {lim};
@@ -721,8 +686,7 @@ int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t
     return rc;
 }
 
-int store_mail_delete(pg_t *pg, const char *id)
-{
+int store_mail_delete(pg_t *pg, const char *id) {
     const char *params[] = {id};
     return s_exec(pg, "mail_delete", params, false, NULL);
 }

@@ -15,9 +15,9 @@
 extern const pg_stmt_t identity_statements[];
 
 typedef struct {
-    Extranet__Identity__User *user;  /* in the arena */
-    char *password_hash;             /* in the arena */
-    bool usable;                     /* active and not expired (PostgreSQL's now()) */
+    Extranet__Identity__User *user; /* in the arena */
+    char *password_hash;            /* in the arena */
+    bool usable;                    /* active and not expired (PostgreSQL's now()) */
 } store_user_t;
 
 int store_user_by_email(pg_t *pg, arena_t *a, const char *email, store_user_t *ret) WUR;
@@ -40,19 +40,19 @@ int store_user_deactivate(pg_t *pg, const char *id, bool only_if_expired, bool *
 int store_user_transfer(pg_t *pg, const char *id) WUR;
 /* Page of users ordered by lower(email) after `after` ("" = first page); limit+1 rows are read
  * so *ret_more says whether another page exists. */
-int store_users_list(pg_t *pg, arena_t *a, const char *after, const char *kind,
-                     const char *status, const char *q, int limit,
-                     Extranet__Identity__User ***ret_users, size_t *ret_n, bool *ret_more) WUR;
+int store_users_list(pg_t *pg, arena_t *a, const char *after, const char *kind, const char *status,
+                     const char *q, int limit, Extranet__Identity__User ***ret_users, size_t *ret_n,
+                     bool *ret_more) WUR;
 /* ids_array: a PostgreSQL array literal of valid uuids ("{a,b}"). */
 int store_users_by_ids(pg_t *pg, arena_t *a, const char *ids_array,
                        Extranet__Identity__User ***ret_users, size_t *ret_n) WUR;
 
 /* --- sessions --- */
 typedef struct {
-    char *session_id, *user_id, *kind;  /* in the arena */
+    char *session_id, *user_id, *kind; /* in the arena */
     bool mfa_pending;
     int64_t valid_until_ms;
-    bool stale;                         /* last_seen_at older than 30 s: touch it */
+    bool stale; /* last_seen_at older than 30 s: touch it */
 } store_auth_t;
 
 int store_session_insert(pg_t *pg, const char *token_hash, const char *user_id,
@@ -66,8 +66,8 @@ int store_sessions_list(pg_t *pg, arena_t *a, const char *user_id, const char *c
 
 typedef struct {
     size_t n;
-    char **ids;     /* session ids (empty strings for cache-only invalidations) */
-    char **hashes;  /* token hashes whose Redis entries must go (queued as pending) */
+    char **ids;    /* session ids (empty strings for cache-only invalidations) */
+    char **hashes; /* token hashes whose Redis entries must go (queued as pending) */
 } store_hashes_t;
 
 typedef enum { STORE_REVOKE_ONE, STORE_REVOKE_ALL, STORE_REVOKE_OTHERS } store_revoke_t;
@@ -78,9 +78,11 @@ int store_sessions_revoke(pg_t *pg, arena_t *a, store_revoke_t which, const char
 /* Queues the token hashes of every session of user_id (their cached entries are stale). */
 int store_sessions_invalidate_user(pg_t *pg, arena_t *a, const char *user_id,
                                    store_hashes_t *ret) WUR;
+/* Queues the token hashes of every extranet user's session (the policy decides mfa_pending). */
+int store_sessions_invalidate_extranet(pg_t *pg, arena_t *a, store_hashes_t *ret) WUR;
 int store_pending_done(pg_t *pg, const char *hashes_array) WUR;
 int store_pending_batch(pg_t *pg, arena_t *a, int limit, store_hashes_t *ret) WUR;
-int store_cleanup(pg_t *pg) WUR;  /* expired sessions and mfa tokens */
+int store_cleanup(pg_t *pg) WUR; /* expired sessions and mfa tokens */
 
 /* --- 2FA --- */
 int store_mfa_token_insert(pg_t *pg, const char *token_hash, const char *user_id,
@@ -92,7 +94,7 @@ int store_mfa_token_try(pg_t *pg, arena_t *a, const char *token_hash, char **ret
 int store_mfa_token_take(pg_t *pg, const char *token_hash) WUR;
 
 typedef struct {
-    char *secret_enc;  /* in the arena */
+    char *secret_enc; /* in the arena */
     bool confirmed;
     int64_t last_step;
 } store_mfa_t;
@@ -103,14 +105,16 @@ int store_mfa_enroll(pg_t *pg, const char *user_id, const char *secret_enc) WUR;
 int store_mfa_use_step(pg_t *pg, const char *user_id, int64_t step) WUR;
 /* Confirms the secret secret_enc (still the enrolled one) at step; -ENOENT otherwise. */
 int store_mfa_confirm(pg_t *pg, const char *user_id, const char *secret_enc, int64_t step) WUR;
-int store_mfa_delete(pg_t *pg, const char *user_id) WUR;  /* secret + recovery codes */
+int store_mfa_delete(pg_t *pg, const char *user_id) WUR; /* secret + recovery codes */
 /* Replaces the user's recovery codes: salts and hashes are array literals of equal length. */
 int store_recovery_replace(pg_t *pg, const char *user_id, const char *salts_array,
                            const char *hashes_array) WUR;
-typedef struct { char *id, *salt, *hash; } store_recovery_t;
+typedef struct {
+    char *id, *salt, *hash;
+} store_recovery_t;
 int store_recovery_unused(pg_t *pg, arena_t *a, const char *user_id, store_recovery_t **ret,
                           size_t *ret_n) WUR;
-int store_recovery_use(pg_t *pg, const char *id) WUR;  /* -ENOENT when already used */
+int store_recovery_use(pg_t *pg, const char *id) WUR; /* -ENOENT when already used */
 
 /* --- policy --- */
 int store_policy_get(pg_t *pg, Extranet__Identity__Policy *ret) WUR;
@@ -118,7 +122,10 @@ int store_policy_set(pg_t *pg, const Extranet__Identity__Policy *p) WUR;
 
 /* --- mail outbox --- */
 int store_mail_enqueue(pg_t *pg, const char *rcpt, const char *subject, const char *body) WUR;
-typedef struct { char *id, *rcpt, *subject, *body; int attempts; } store_mail_t;
+typedef struct {
+    char *id, *rcpt, *subject, *body;
+    int attempts;
+} store_mail_t;
 /* Claims up to limit due mails (pushes their next_at out, counts the attempt). */
 int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t *ret_n) WUR;
 int store_mail_delete(pg_t *pg, const char *id) WUR;

@@ -10,18 +10,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-int totp_global_init(void)
-{
+int totp_global_init(void) {
     return oath_init() == OATH_OK ? 0 : -EIO;
 }
 
-int64_t totp_step_of(time_t unix_s)
-{
+int64_t totp_step_of(time_t unix_s) {
     return unix_s < 0 ? -1 : (int64_t)(unix_s / TOTP_STEP_S);
 }
 
-int totp_code(const uint8_t *secret, size_t len, time_t unix_s, unsigned digits, char *out)
-{
+int totp_code(const uint8_t *secret, size_t len, time_t unix_s, unsigned digits, char *out) {
     if (!secret || !out || digits < 6 || digits > 8)
         return -EINVAL;
     int rc = oath_totp_generate2((const char *)secret, len, unix_s, TOTP_STEP_S,
@@ -29,9 +26,8 @@ int totp_code(const uint8_t *secret, size_t len, time_t unix_s, unsigned digits,
     return rc == OATH_OK ? 0 : -EINVAL;
 }
 
-int totp_verify(const uint8_t *secret, size_t len, time_t now, const char *code,
-                int64_t last_step, int64_t *ret_step)
-{
+int totp_verify(const uint8_t *secret, size_t len, time_t now, const char *code, int64_t last_step,
+                int64_t *ret_step) {
     if (!rules_totp_code_shape(code))
         return -EACCES;
     int64_t now_step = totp_step_of(now);
@@ -40,8 +36,8 @@ int totp_verify(const uint8_t *secret, size_t len, time_t now, const char *code,
      * earlier one matched, so the answer time does not tell which step was right. */
     for (int64_t step = now_step - TOTP_WINDOW; step <= now_step + TOTP_WINDOW; step++) {
         char expect[TOTP_DIGITS + 1];
-        if (step < 0 || totp_code(secret, len, (time_t)(step * TOTP_STEP_S), TOTP_DIGITS,
-                                  expect) != 0)
+        if (step < 0 ||
+            totp_code(secret, len, (time_t)(step * TOTP_STEP_S), TOTP_DIGITS, expect) != 0)
             continue;
         bool match = sodium_memcmp(expect, code, TOTP_DIGITS) == 0;
         if (match && found < 0 && rules_totp_step_ok(step, now_step, last_step, TOTP_WINDOW))
@@ -53,8 +49,7 @@ int totp_verify(const uint8_t *secret, size_t len, time_t now, const char *code,
     return 0;
 }
 
-int totp_secret_base32(const uint8_t secret[TOTP_SECRET_LEN], char out[TOTP_B32_LEN + 1])
-{
+int totp_secret_base32(const uint8_t secret[TOTP_SECRET_LEN], char out[TOTP_B32_LEN + 1]) {
     char *b32 = NULL;
     size_t n = 0;
     if (oath_base32_encode((const char *)secret, TOTP_SECRET_LEN, &b32, &n) != OATH_OK || !b32)
@@ -70,8 +65,7 @@ int totp_secret_base32(const uint8_t secret[TOTP_SECRET_LEN], char out[TOTP_B32_
 }
 
 /* Percent-encodes everything but RFC 3986 unreserved characters. */
-static int s_urlencode(const char *in, char *out, size_t outlen)
-{
+static int s_urlencode(const char *in, char *out, size_t outlen) {
     static const char hex[] = "0123456789ABCDEF";
     size_t k = 0;
     for (const unsigned char *p = (const unsigned char *)in; *p; p++) {
@@ -91,8 +85,7 @@ static int s_urlencode(const char *in, char *out, size_t outlen)
     return 0;
 }
 
-int totp_uri(const char *b32, const char *label, char *out, size_t outlen)
-{
+int totp_uri(const char *b32, const char *label, char *out, size_t outlen) {
     char enc[3 * 256 + 1];
     if (strlen(label) > 256 || s_urlencode(label, enc, sizeof enc) != 0)
         return -ENOSPC;
@@ -103,10 +96,9 @@ int totp_uri(const char *b32, const char *label, char *out, size_t outlen)
     return n > 0 && (size_t)n < outlen ? 0 : -ENOSPC;
 }
 
-int totp_key_parse(const char *hex, uint8_t key[TOTP_KEY_LEN])
-{
+int totp_key_parse(const char *hex, uint8_t key[TOTP_KEY_LEN]) {
     size_t bin_len = 0;
-    if (!hex || strlen(hex) != 2 * TOTP_KEY_LEN)
+    if (!hex || strlen(hex) != (size_t)2 * TOTP_KEY_LEN)
         return -EINVAL;
     if (sodium_hex2bin(key, TOTP_KEY_LEN, hex, strlen(hex), NULL, &bin_len, NULL) != 0 ||
         bin_len != TOTP_KEY_LEN)
@@ -115,8 +107,7 @@ int totp_key_parse(const char *hex, uint8_t key[TOTP_KEY_LEN])
 }
 
 void totp_secret_seal(const uint8_t key[TOTP_KEY_LEN], const uint8_t secret[TOTP_SECRET_LEN],
-                      char out[TOTP_SEALED_HEX_LEN + 1])
-{
+                      char out[TOTP_SEALED_HEX_LEN + 1]) {
     uint8_t buf[crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES + TOTP_SECRET_LEN];
     randombytes_buf(buf, crypto_secretbox_NONCEBYTES);
     crypto_secretbox_easy(buf + crypto_secretbox_NONCEBYTES, secret, TOTP_SECRET_LEN, buf, key);
@@ -124,8 +115,7 @@ void totp_secret_seal(const uint8_t key[TOTP_KEY_LEN], const uint8_t secret[TOTP
 }
 
 int totp_secret_open(const uint8_t key[TOTP_KEY_LEN], const char *sealed,
-                     uint8_t secret[TOTP_SECRET_LEN])
-{
+                     uint8_t secret[TOTP_SECRET_LEN]) {
     uint8_t buf[crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES + TOTP_SECRET_LEN];
     size_t n = 0;
     if (!sealed || strlen(sealed) != TOTP_SEALED_HEX_LEN ||
@@ -138,8 +128,7 @@ int totp_secret_open(const uint8_t key[TOTP_KEY_LEN], const char *sealed,
     return 0;
 }
 
-void totp_recovery_new(char out[TOTP_RECOVERY_DISPLAY_LEN + 1])
-{
+void totp_recovery_new(char out[TOTP_RECOVERY_DISPLAY_LEN + 1]) {
     static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz234567";
     size_t k = 0;
     for (int i = 0; i < RULES_RECOVERY_LEN; i++) {
@@ -151,12 +140,12 @@ void totp_recovery_new(char out[TOTP_RECOVERY_DISPLAY_LEN + 1])
 }
 
 void totp_recovery_hash(const char *normalized, const char *salt_hex, char ret_salt[33],
-                        char ret_hash[65])
-{
+                        char ret_hash[65]) {
     uint8_t salt[16], digest[crypto_hash_sha256_BYTES];
     size_t n = 0;
-    if (salt_hex && sodium_hex2bin(salt, sizeof salt, salt_hex, strlen(salt_hex), NULL, &n,
-                                   NULL) == 0 && n == sizeof salt) {
+    if (salt_hex &&
+        sodium_hex2bin(salt, sizeof salt, salt_hex, strlen(salt_hex), NULL, &n, NULL) == 0 &&
+        n == sizeof salt) {
         if (ret_salt)
             memcpy(ret_salt, salt_hex, 33);
     } else {

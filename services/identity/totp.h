@@ -9,21 +9,21 @@
 #include <stdint.h>
 #include <time.h>
 
-#define TOTP_SECRET_LEN 20  /* 160 bits, RFC 4226 §4 recommendation */
-#define TOTP_STEP_S 30
-#define TOTP_DIGITS 6
-#define TOTP_WINDOW 1
-#define TOTP_KEY_LEN 32     /* EXTRANET_DATA_KEY, 64 hex chars */
-#define TOTP_B32_LEN 32     /* base32 of 20 bytes: no padding */
+#define TOTP_SECRET_LEN 20 /* 160 bits, RFC 4226 §4 recommendation */
+#define TOTP_STEP_S     30
+#define TOTP_DIGITS     6
+#define TOTP_WINDOW     1
+#define TOTP_KEY_LEN    32 /* EXTRANET_DATA_KEY, 64 hex chars */
+#define TOTP_B32_LEN    32 /* base32 of 20 bytes: no padding */
 /* hex(nonce 24 || mac 16 || secret 20) */
-#define TOTP_SEALED_HEX_LEN (2 * (24 + 16 + TOTP_SECRET_LEN))
-#define TOTP_RECOVERY_COUNT 10
+#define TOTP_SEALED_HEX_LEN       ((size_t)2 * (24 + 16 + TOTP_SECRET_LEN))
+#define TOTP_RECOVERY_COUNT       10
 #define TOTP_RECOVERY_DISPLAY_LEN 19 /* xxxx-xxxx-xxxx-xxxx */
 
 /* Calls oath_init(); once in main before any thread. Returns 0 or -EIO. */
 int totp_global_init(void) WUR;
 
-int64_t totp_step_of(time_t unix_s);   /* floor(unix_s / 30) */
+int64_t totp_step_of(time_t unix_s); /* floor(unix_s / 30) */
 
 /* Writes the `digits`-digit code (6..8) for time unix_s into out (digits + 1 bytes).
  * Returns 0 or -EINVAL. */
@@ -32,8 +32,8 @@ int totp_code(const uint8_t *secret, size_t len, time_t unix_s, unsigned digits,
 /* Checks a 6-digit code against the steps within ±TOTP_WINDOW of now that are newer than
  * last_step (rules_totp_step_ok), comparing in constant time. Returns 0 with *ret_step set to
  * the matching step, or -EACCES. */
-int totp_verify(const uint8_t *secret, size_t len, time_t now, const char *code,
-                int64_t last_step, int64_t *ret_step) WUR;
+int totp_verify(const uint8_t *secret, size_t len, time_t now, const char *code, int64_t last_step,
+                int64_t *ret_step) WUR;
 
 /* base32 (RFC 4648, upper case, no padding) of the secret into out[TOTP_B32_LEN + 1]. */
 int totp_secret_base32(const uint8_t secret[TOTP_SECRET_LEN], char out[TOTP_B32_LEN + 1]) WUR;

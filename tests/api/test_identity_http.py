@@ -322,17 +322,21 @@ def test_admin_list_users_paging_and_filters(api, admin):
     assert {u["kind"] for u in r.json()["users"]} == {"admin"}
 
 
-def test_policy_extranet_mfa_optional(api, admin):
+def test_policy_extranet_mfa_optional_and_back(api, admin):
     r = api.call("PUT", "/admin/policy", admin, {"extranet_mfa_required": False})
     assert r.status_code == 200 and r.json()["extranet_mfa_required"] is False, r.text
     try:
         u = new_user(api, admin, kind="extranet")
         r = api.login(u["email"], PASSWORD)
         assert r.status_code == 200 and not r.json()["mfa_enrollment_required"]
-        assert api.call("GET", "/me/sessions", r.json()["token"]).status_code == 200
+        tok = r.json()["token"]
+        assert api.call("GET", "/me/sessions", tok).status_code == 200   # cached: not pending
     finally:
         r = api.call("PUT", "/admin/policy", admin, {"extranet_mfa_required": True})
         assert r.status_code == 200 and r.json()["extranet_mfa_required"] is True
+    # Turning the policy on applies to open sessions on their next request (R10).
+    error_of(api.call("GET", "/me/sessions", tok), 403, "mfa_enrollment_required")
+    assert api.call("GET", "/me", tok).status_code == 200
 
 
 def test_own_sessions_and_password_change(api, admin, idc):

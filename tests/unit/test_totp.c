@@ -1,23 +1,29 @@
 /* identity's TOTP wrapper and pure rules: RFC 6238 Appendix B SHA-1 vectors through totp.c
  * (liboath does the maths), the ±1 window, replay refusal, sealed secrets, recovery codes,
  * and who may call what (rules_access_check), input checks and cache TTLs. */
-#include <errno.h>
+/* cmocka needs these four first */
+// clang-format off
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
-#include <sodium.h>
-#include <string.h>
+// clang-format on
+
 #include "rules.h"
 #include "totp.h"
+#include <errno.h>
+#include <sodium.h>
+#include <string.h>
 
-static const uint8_t s_rfc_secret[] = "12345678901234567890";  /* RFC 6238 App. B, SHA-1 */
+static const uint8_t s_rfc_secret[] = "12345678901234567890"; /* RFC 6238 App. B, SHA-1 */
 
-static void test_rfc6238_vectors(void **state)
-{
+static void test_rfc6238_vectors(void **state) {
     (void)state;
-    static const struct { time_t t; const char *code; } v[] = {
+    static const struct {
+        time_t t;
+        const char *code;
+    } v[] = {
         {59, "94287082"},         {1111111109, "07081804"}, {1111111111, "14050471"},
         {1234567890, "89005924"}, {2000000000, "69279037"}, {20000000000, "65353130"},
     };
@@ -34,10 +40,9 @@ static void test_rfc6238_vectors(void **state)
     assert_int_equal(totp_code(s_rfc_secret, 20, 59, 9, out), -EINVAL);
 }
 
-static void test_verify_window(void **state)
-{
+static void test_verify_window(void **state) {
     (void)state;
-    const time_t now = 1111111111;  /* step 37037037 */
+    const time_t now = 1111111111; /* step 37037037 */
     int64_t now_step = totp_step_of(now), step = -1;
     char code[7];
     for (int d = -3; d <= 3; d++) {
@@ -55,8 +60,7 @@ static void test_verify_window(void **state)
     assert_int_equal(totp_verify(s_rfc_secret, 20, now, "", 0, &step), -EACCES);
 }
 
-static void test_verify_replay(void **state)
-{
+static void test_verify_replay(void **state) {
     (void)state;
     const time_t now = 1234567890;
     int64_t step = -1, now_step = totp_step_of(now);
@@ -76,8 +80,7 @@ static void test_verify_replay(void **state)
     assert_int_equal(step, now_step + 1);
 }
 
-static void test_rules_totp_step(void **state)
-{
+static void test_rules_totp_step(void **state) {
     (void)state;
     assert_true(rules_totp_step_ok(100, 100, 0, 1));
     assert_true(rules_totp_step_ok(99, 100, 0, 1));
@@ -91,8 +94,7 @@ static void test_rules_totp_step(void **state)
     assert_false(rules_totp_step_ok(-1, 0, -5, 1));
 }
 
-static void test_base32_and_uri(void **state)
-{
+static void test_base32_and_uri(void **state) {
     (void)state;
     char b32[TOTP_B32_LEN + 1], uri[512];
     assert_int_equal(totp_secret_base32(s_rfc_secret, b32), 0);
@@ -104,22 +106,25 @@ static void test_base32_and_uri(void **state)
     assert_int_equal(totp_uri(b32, "a@b.c", uri, 20), -ENOSPC);
 }
 
-static void test_seal_open(void **state)
-{
+static void test_seal_open(void **state) {
     (void)state;
     uint8_t key[TOTP_KEY_LEN], other[TOTP_KEY_LEN], secret[TOTP_SECRET_LEN];
     char a[TOTP_SEALED_HEX_LEN + 1], b[TOTP_SEALED_HEX_LEN + 1];
     assert_int_equal(totp_key_parse("00112233445566778899aabbccddeeff"
-                                    "00112233445566778899aabbccddeeff", key), 0);
+                                    "00112233445566778899aabbccddeeff",
+                                    key),
+                     0);
     assert_int_equal(totp_key_parse("0011", key), -EINVAL);
     assert_int_equal(totp_key_parse(NULL, key), -EINVAL);
     assert_int_equal(totp_key_parse("zz112233445566778899aabbccddeeff"
-                                    "00112233445566778899aabbccddeeff", key), -EINVAL);
+                                    "00112233445566778899aabbccddeeff",
+                                    key),
+                     -EINVAL);
     memcpy(other, key, sizeof key);
     other[0] ^= 1;
     totp_secret_seal(key, s_rfc_secret, a);
     totp_secret_seal(key, s_rfc_secret, b);
-    assert_string_not_equal(a, b);  /* random nonce */
+    assert_string_not_equal(a, b); /* random nonce */
     assert_int_equal(totp_secret_open(key, a, secret), 0);
     assert_memory_equal(secret, s_rfc_secret, TOTP_SECRET_LEN);
     assert_int_equal(totp_secret_open(other, a, secret), -EBADMSG);
@@ -128,8 +133,7 @@ static void test_seal_open(void **state)
     assert_int_equal(totp_secret_open(key, "abcd", secret), -EBADMSG);
 }
 
-static void test_recovery_codes(void **state)
-{
+static void test_recovery_codes(void **state) {
     (void)state;
     char code[TOTP_RECOVERY_DISPLAY_LEN + 1], code2[TOTP_RECOVERY_DISPLAY_LEN + 1];
     char norm[RULES_RECOVERY_LEN + 1], salt[33], hash[65], hash2[65], salt2[33];
@@ -154,9 +158,9 @@ static void test_recovery_codes(void **state)
     /* Another salt: another hash. */
     totp_recovery_hash(norm, NULL, salt2, hash2);
     assert_string_not_equal(hash, hash2);
-    assert_false(rules_recovery_normalize("abcd-efgh-ijkl", norm));      /* too short */
+    assert_false(rules_recovery_normalize("abcd-efgh-ijkl", norm));        /* too short */
     assert_false(rules_recovery_normalize("abcd-efgh-ijkl-mnop-q", norm)); /* too long */
-    assert_false(rules_recovery_normalize("abcd-efgh-ijkl-mno1", norm));  /* 1 not base32 */
+    assert_false(rules_recovery_normalize("abcd-efgh-ijkl-mno1", norm));   /* 1 not base32 */
     assert_false(rules_recovery_normalize(NULL, norm));
     assert_true(rules_totp_code_shape("012345"));
     assert_false(rules_totp_code_shape("01234a"));
@@ -164,8 +168,7 @@ static void test_recovery_codes(void **state)
     assert_false(rules_totp_code_shape(NULL));
 }
 
-static Extranet__Actor s_actor(Extranet__ActorKind kind, bool pending)
-{
+static Extranet__Actor s_actor(Extranet__ActorKind kind, bool pending) {
     Extranet__Actor a = EXTRANET__ACTOR__INIT;
     a.kind = kind;
     if (kind != EXTRANET__ACTOR_KIND__ANONYMOUS && kind != EXTRANET__ACTOR_KIND__SYSTEM) {
@@ -176,24 +179,30 @@ static Extranet__Actor s_actor(Extranet__ActorKind kind, bool pending)
     return a;
 }
 
-static void test_rules_access(void **state)
-{
+static void test_rules_access(void **state) {
     (void)state;
-    enum { OK = EXTRANET__STATUS__OK, UN = EXTRANET__STATUS__UNAUTHENTICATED,
-           FB = EXTRANET__STATUS__FORBIDDEN, MF = EXTRANET__STATUS__MFA_ENROLLMENT_REQUIRED };
+    enum {
+        OK = EXTRANET__STATUS__OK,
+        UN = EXTRANET__STATUS__UNAUTHENTICATED,
+        FB = EXTRANET__STATUS__FORBIDDEN,
+        MF = EXTRANET__STATUS__MFA_ENROLLMENT_REQUIRED
+    };
     /* rows: access; columns: anonymous, admin, employee, extranet, extranet(pending), system */
-    static const struct { rules_access_t access; int want[6]; } table[] = {
-        {ACCESS_ANY, {OK, OK, OK, OK, OK, OK}},
-        {ACCESS_USER, {UN, OK, OK, OK, MF, UN}},
-        {ACCESS_USER_PENDING, {UN, OK, OK, OK, OK, UN}},
-        {ACCESS_ADMIN, {UN, OK, FB, FB, MF, FB}},
-        {ACCESS_ADMIN_SYSTEM, {UN, OK, FB, FB, MF, OK}},
-        {ACCESS_SYSTEM, {UN, FB, FB, FB, FB, OK}},
+    static const struct {
+        rules_access_t access;
+        int want[6];
+    } table[] = {
+        {ACCESS_ANY, {OK, OK, OK, OK, OK, OK}},          {ACCESS_USER, {UN, OK, OK, OK, MF, UN}},
+        {ACCESS_USER_PENDING, {UN, OK, OK, OK, OK, UN}}, {ACCESS_ADMIN, {UN, OK, FB, FB, MF, FB}},
+        {ACCESS_ADMIN_SYSTEM, {UN, OK, FB, FB, MF, OK}}, {ACCESS_SYSTEM, {UN, FB, FB, FB, FB, OK}},
     };
     Extranet__Actor actors[6] = {
-        s_actor(EXTRANET__ACTOR_KIND__ANONYMOUS, false), s_actor(EXTRANET__ACTOR_KIND__ADMIN, false),
-        s_actor(EXTRANET__ACTOR_KIND__EMPLOYEE, false),  s_actor(EXTRANET__ACTOR_KIND__EXTRANET, false),
-        s_actor(EXTRANET__ACTOR_KIND__EXTRANET, true),   s_actor(EXTRANET__ACTOR_KIND__SYSTEM, false),
+        s_actor(EXTRANET__ACTOR_KIND__ANONYMOUS, false),
+        s_actor(EXTRANET__ACTOR_KIND__ADMIN, false),
+        s_actor(EXTRANET__ACTOR_KIND__EMPLOYEE, false),
+        s_actor(EXTRANET__ACTOR_KIND__EXTRANET, false),
+        s_actor(EXTRANET__ACTOR_KIND__EXTRANET, true),
+        s_actor(EXTRANET__ACTOR_KIND__SYSTEM, false),
     };
     for (size_t r = 0; r < sizeof table / sizeof table[0]; r++)
         for (int c = 0; c < 6; c++) {
@@ -214,8 +223,7 @@ static void test_rules_access(void **state)
     assert_int_equal(rules_access_check(ACCESS_USER, &a), UN);
 }
 
-static void test_rules_input(void **state)
-{
+static void test_rules_input(void **state) {
     (void)state;
     assert_null(rules_email_check("ann@example.com"));
     assert_null(rules_email_check("a.b+c@sub.example-x.org"));
@@ -273,8 +281,7 @@ static void test_rules_input(void **state)
     assert_non_null(rules_status_check("deleted"));
 }
 
-static void test_rules_cache_ttl(void **state)
-{
+static void test_rules_cache_ttl(void **state) {
     (void)state;
     assert_int_equal(rules_session_cache_ttl_ms(1000, 1000 + 600000), RULES_SESSION_CACHE_MAX_MS);
     assert_int_equal(rules_session_cache_ttl_ms(1000, 1000 + 5000), 5000);
@@ -282,8 +289,7 @@ static void test_rules_cache_ttl(void **state)
     assert_int_equal(rules_session_cache_ttl_ms(1000, 10), 0);
 }
 
-int main(void)
-{
+int main(void) {
     if (sodium_init() < 0 || totp_global_init() != 0)
         return 1;
     const struct CMUnitTest tests[] = {

@@ -11,15 +11,13 @@
 #include <string.h>
 #include <time.h>
 
-#define MAIL_MAX_BODY (1024 * 1024)
+#define MAIL_MAX_BODY ((size_t)1024 * 1024)
 
-int mail_global_init(void)
-{
+int mail_global_init(void) {
     return curl_global_init(CURL_GLOBAL_DEFAULT) == CURLE_OK ? 0 : -EIO;
 }
 
-int mail_address_valid(const char *addr)
-{
+int mail_address_valid(const char *addr) {
     if (!addr)
         return 0;
     size_t n = strlen(addr);
@@ -35,12 +33,11 @@ int mail_address_valid(const char *addr)
 /* A growing byte buffer for the message text. */
 typedef struct {
     char *data;
-    size_t len, cap, pos;  /* pos: how much the read callback has handed to curl */
+    size_t len, cap, pos; /* pos: how much the read callback has handed to curl */
     bool oom;
 } s_buf_t;
 
-static void s_put(s_buf_t *b, const char *s, size_t n)
-{
+static void s_put(s_buf_t *b, const char *s, size_t n) {
     if (b->oom)
         return;
     if (b->len + n + 1 > b->cap) {
@@ -60,13 +57,11 @@ static void s_put(s_buf_t *b, const char *s, size_t n)
     b->data[b->len] = '\0';
 }
 
-static void s_puts(s_buf_t *b, const char *s)
-{
+static void s_puts(s_buf_t *b, const char *s) {
     s_put(b, s, strlen(s));
 }
 
-static bool s_ascii(const char *s)
-{
+static bool s_ascii(const char *s) {
     for (const unsigned char *p = (const unsigned char *)s; *p; p++)
         if (*p >= 0x80)
             return false;
@@ -74,8 +69,7 @@ static bool s_ascii(const char *s)
 }
 
 /* RFC 5322 §3.3 date in UTC, independent of the process locale. */
-static void s_date(char *out, size_t len)
-{
+static void s_date(char *out, size_t len) {
     static const char *days[] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
     static const char *months[] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
                                    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
@@ -86,8 +80,7 @@ static void s_date(char *out, size_t len)
              months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }
 
-static size_t s_read(char *ptr, size_t size, size_t nmemb, void *userdata)
-{
+static size_t s_read(char *ptr, size_t size, size_t nmemb, void *userdata) {
     s_buf_t *b = userdata;
     size_t room = size * nmemb, left = b->len - b->pos;
     size_t n = left < room ? left : room;
@@ -97,8 +90,7 @@ static size_t s_read(char *ptr, size_t size, size_t nmemb, void *userdata)
 }
 
 static int s_build(s_buf_t *b, const char *from, const char *to, const char *subject,
-                   const char *body)
-{
+                   const char *body) {
     char date[64], msgid[128], rnd_hex[33];
     unsigned char rnd[16];
     randombytes_buf(rnd, sizeof rnd);
@@ -146,8 +138,7 @@ static int s_build(s_buf_t *b, const char *from, const char *to, const char *sub
 }
 
 int mail_send(const mail_cfg_t *cfg, const char *to, const char *subject, const char *body,
-              char *errbuf, size_t errlen)
-{
+              char *errbuf, size_t errlen) {
     if (errbuf && errlen)
         errbuf[0] = '\0';
     if (!cfg || !cfg->smtp_url || !cfg->smtp_url[0])
@@ -175,24 +166,23 @@ int mail_send(const mail_cfg_t *cfg, const char *to, const char *subject, const 
         goto cleanup;
     }
     long timeout = cfg->timeout_ms > 0 ? cfg->timeout_ms : 10000;
-    CURLcode cc = CURLE_OK;
     /* Each option can fail only on OOM or an unknown option; stop at the first failure. */
-    if ((cc = curl_easy_setopt(curl, CURLOPT_URL, cfg->smtp_url)) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "smtp,smtps")) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_MAIL_FROM, from_addr)) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_MAIL_RCPT, rcpt)) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_READFUNCTION, s_read)) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_READDATA, &b)) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_UPLOAD, 1L)) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, (curl_off_t)b.len)) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L)) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout)) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, timeout)) ||
-        (cc = curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, cerr))) {
+    if (curl_easy_setopt(curl, CURLOPT_URL, cfg->smtp_url) != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_PROTOCOLS_STR, "smtp,smtps") != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_MAIL_FROM, from_addr) != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_MAIL_RCPT, rcpt) != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_READFUNCTION, s_read) != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_READDATA, &b) != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_UPLOAD, 1L) != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_INFILESIZE_LARGE, (curl_off_t)b.len) != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_NOSIGNAL, 1L) != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_TIMEOUT_MS, timeout) != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_CONNECTTIMEOUT_MS, timeout) != CURLE_OK ||
+        curl_easy_setopt(curl, CURLOPT_ERRORBUFFER, cerr) != CURLE_OK) {
         rc = -ENOMEM;
         goto cleanup;
     }
-    cc = curl_easy_perform(curl);
+    CURLcode cc = curl_easy_perform(curl);
     if (cc != CURLE_OK) {
         if (errbuf && errlen)
             snprintf(errbuf, errlen, "%s", cerr[0] ? cerr : curl_easy_strerror(cc));

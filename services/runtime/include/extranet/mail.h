@@ -8,9 +8,9 @@
 #include <stddef.h>
 
 typedef struct {
-    const char *smtp_url;  /* "smtp://127.0.0.1:2525"; NULL or "" = mail disabled */
-    const char *from;      /* envelope and From: address, e.g. "extranet@localhost" */
-    long timeout_ms;       /* whole transfer; 0 = 10000 */
+    const char *smtp_url; /* "smtp://127.0.0.1:2525"; NULL or "" = mail disabled */
+    const char *from;     /* envelope and From: address, e.g. "extranet@localhost" */
+    long timeout_ms;      /* whole transfer; 0 = 10000 */
 } mail_cfg_t;
 
 /* curl_global_init; once in main before any thread. Returns 0 or -EIO. */

@@ -1,0 +1,281 @@
+/* identity's sign-in methods: Login, LoginMfa (TOTP or recovery code), Logout, and
+ * Authenticate (the gateway's cache miss: reads PostgreSQL, fills sess:{h} under the lease). */
+#include "calls.h"
+#include "extranet/log.h"
+#include "extranet/util.h"
+#include "password.h"
+#include "rules.h"
+#include "sessions.h"
+#include "store.h"
+#include <errno.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#define BAD_LOGIN "invalid email or password"
+
+static int s_session_or_reply(svc_thread_t *t, svc_call_t *call, const char *user_id,
+                              char **ret_token) {
+    char token[SESSIONS_TOKEN_LEN + 1], hash[SESSIONS_HASH_LEN + 1], sid[37];
+    const Extranet__Actor *a = call_actor(call);
+    char ip[65] = "";
+    if (a && a->client_ip)
+        snprintf(ip, sizeof ip, "%s", a->client_ip);
+    sessions_token_new(token, hash);
+    int rc = store_session_insert(t->pg, hash, user_id, ip, identity_cfg.idle_s, identity_cfg.max_s,
+                                  sid);
+    if (rc != 0) {
+        sodium_memzero(token, sizeof token);
+        call_store_fail(call, rc, "session");
+        return -1;
+    }
+    *ret_token = arena_strdup(call->arena, token);
+    sodium_memzero(token, sizeof token);
+    if (!*ret_token) {
+        svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
+        return -1;
+    }
+    return 0;
+}
+
+/* Whether a fresh session of u would be mfa_pending (R10). -1 answered on error. */
+static int s_enroll_required(svc_thread_t *t, svc_call_t *call, const Extranet__Identity__User *u,
+                             bool *ret) {
+    *ret = false;
+    if (strcmp(u->kind, "extranet") != 0 || u->mfa_enabled)
+        return 0;
+    Extranet__Identity__Policy p = EXTRANET__IDENTITY__POLICY__INIT;
+    int rc = store_policy_get(t->pg, &p);
+    if (rc != 0) {
+        call_store_fail(call, rc, "policy");
+        return -1;
+    }
+    *ret = p.extranet_mfa_required;
+    return 0;
+}
+
+static void s_reply_login(svc_thread_t *t, svc_call_t *call, Extranet__Identity__User *u) {
+    Extranet__Identity__LoginReply reply = EXTRANET__IDENTITY__LOGIN_REPLY__INIT;
+    bool pending = false;
+    if (s_enroll_required(t, call, u, &pending) != 0)
+        return;
+    if (s_session_or_reply(t, call, u->id, &reply.token) != 0)
+        return;
+    reply.user = u;
+    reply.mfa_enrollment_required = pending;
+    svc_reply_ok(call, &reply.base);
+}
+
+void auth_login(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Identity__LoginRequest *req = (const void *)call->msg;
+    if (!call_allowed_or_reply(call, ACCESS_ANY) ||
+        call_invalid_or_reply(call, rules_email_check(req->email)) ||
+        call_invalid_or_reply(call, rules_login_password_check(req->password)))
+        return;
+    store_user_t u;
+    int rc = store_user_by_email(t->pg, call->arena, req->email, &u);
+    if (rc == -ENOENT) {
+        password_verify_dummy(req->password); /* same time as a known email */
+        svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, BAD_LOGIN);
+        return;
+    }
+    if (rc != 0) {
+        call_store_fail(call, rc, "user");
+        return;
+    }
+    if (!password_verify(u.password_hash, req->password) || !u.usable) {
+        log_info("login refused for user %s", u.user->id);
+        svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, BAD_LOGIN);
+        return;
+    }
+    if (password_needs_rehash(u.password_hash)) {
+        char hash[PASSWORD_HASH_LEN];
+        if (password_hash(req->password, hash) != 0 ||
+            store_user_set_password(t->pg, u.user->id, hash) != 0)
+            log_warn("could not upgrade the password hash of user %s", u.user->id);
+    }
+    if (u.user->mfa_enabled) {
+        char token[SESSIONS_TOKEN_LEN + 1], hash[SESSIONS_HASH_LEN + 1];
+        const Extranet__Actor *a = call_actor(call);
+        sessions_token_new(token, hash);
+        rc = store_mfa_token_insert(t->pg, hash, u.user->id, a ? a->client_ip : "");
+        if (rc != 0) {
+            sodium_memzero(token, sizeof token);
+            call_store_fail(call, rc, "mfa token");
+            return;
+        }
+        Extranet__Identity__LoginReply reply = EXTRANET__IDENTITY__LOGIN_REPLY__INIT;
+        reply.mfa_required = true;
+        reply.mfa_token = arena_strdup(call->arena, token);
+        sodium_memzero(token, sizeof token);
+        if (!reply.mfa_token) {
+            svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
+            return;
+        }
+        svc_reply_ok(call, &reply.base);
+        return;
+    }
+    log_info("login of user %s", u.user->id);
+    s_reply_login(t, call, u.user);
+}
+
+/* Checks a recovery code against the user's unused ones; true when one matched and was
+ * used up by this call. */
+static bool s_recovery_use(svc_thread_t *t, arena_t *a, const char *user_id, const char *code) {
+    char norm[RULES_RECOVERY_LEN + 1];
+    if (!rules_recovery_normalize(code, norm))
+        return false;
+    store_recovery_t *codes = NULL;
+    size_t n = 0;
+    if (store_recovery_unused(t->pg, a, user_id, &codes, &n) != 0)
+        return false;
+    const char *match = NULL;
+    for (size_t i = 0; i < n; i++) {
+        char hash[65];
+        totp_recovery_hash(norm, codes[i].salt, NULL, hash);
+        if (sodium_memcmp(hash, codes[i].hash, 64) == 0 && !match)
+            match = codes[i].id;
+    }
+    return match && store_recovery_use(t->pg, match) == 0;
+}
+
+/* Checks a TOTP code for a confirmed 2FA and records its step; true on success. */
+static bool s_totp_use(svc_thread_t *t, arena_t *a, const char *user_id, const char *code) {
+    store_mfa_t m;
+    uint8_t secret[TOTP_SECRET_LEN];
+    int64_t step = 0;
+    if (store_mfa_get(t->pg, a, user_id, &m) != 0 || !m.confirmed)
+        return false;
+    if (totp_secret_open(identity_cfg.data_key, m.secret_enc, secret) != 0) {
+        log_error("the TOTP secret of user %s does not open: wrong EXTRANET_DATA_KEY?", user_id);
+        return false;
+    }
+    int rc = totp_verify(secret, sizeof secret, time(NULL), code, m.last_step, &step);
+    sodium_memzero(secret, sizeof secret);
+    /* The conditional update is the replay guard between concurrent logins too. */
+    return rc == 0 && store_mfa_use_step(t->pg, user_id, step) == 0;
+}
+
+/* Deletes an mfa token that may no longer be used (best effort: it expires anyway). */
+static void s_mfa_token_drop(svc_thread_t *t, const char *hash) {
+    int rc = store_mfa_token_take(t->pg, hash);
+    if (rc != 0 && rc != -ENOENT)
+        log_warn("could not delete an mfa token (%d); it expires within 5 minutes", rc);
+}
+
+void auth_login_mfa(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Identity__LoginMfaRequest *req = (const void *)call->msg;
+    if (!call_allowed_or_reply(call, ACCESS_ANY))
+        return;
+    if (!req->mfa_token[0] || strlen(req->mfa_token) > 128) {
+        svc_fail(call, EXTRANET__STATUS__INVALID, "mfa_token is required");
+        return;
+    }
+    if (!req->code[0] || strlen(req->code) > 64) {
+        svc_fail(call, EXTRANET__STATUS__INVALID, "code is required");
+        return;
+    }
+    char hash[SESSIONS_HASH_LEN + 1];
+    char *user_id = NULL;
+    int tries = 0;
+    sessions_token_hash(req->mfa_token, hash);
+    int rc = store_mfa_token_try(t->pg, call->arena, hash, &user_id, &tries);
+    if (rc == -ENOENT) {
+        svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "invalid or expired mfa_token");
+        return;
+    }
+    if (rc != 0) {
+        call_store_fail(call, rc, "mfa token");
+        return;
+    }
+    store_user_t u;
+    rc = store_user_by_id(t->pg, call->arena, user_id, &u);
+    if (rc != 0 || !u.usable) {
+        s_mfa_token_drop(t, hash);
+        svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "invalid or expired mfa_token");
+        return;
+    }
+    bool recovery = false, ok;
+    if (rules_totp_code_shape(req->code)) {
+        ok = s_totp_use(t, call->arena, user_id, req->code);
+    } else {
+        ok = recovery = s_recovery_use(t, call->arena, user_id, req->code);
+    }
+    if (!ok) {
+        if (tries >= 5)
+            s_mfa_token_drop(t, hash); /* used up: log in again */
+        log_info("2FA code refused for user %s (try %d)", user_id, tries);
+        svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "invalid code");
+        return;
+    }
+    /* Taking the token is what makes it single-use when two requests race with it. */
+    if (store_mfa_token_take(t->pg, hash) != 0) {
+        svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "invalid or expired mfa_token");
+        return;
+    }
+    if (recovery)
+        call_notice(t, u.user, "A recovery code was used",
+                    "One of your 2FA recovery codes was just used to sign in to your account.");
+    log_info("login with 2FA of user %s%s", user_id, recovery ? " (recovery code)" : "");
+    s_reply_login(t, call, u.user);
+}
+
+void auth_logout(svc_thread_t *t, svc_call_t *call) {
+    if (!call_allowed_or_reply(call, ACCESS_USER_PENDING))
+        return;
+    const Extranet__Actor *a = call_actor(call);
+    store_hashes_t h;
+    int rc =
+        store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ONE, a->user_id, a->session_id, &h);
+    if (rc != 0) {
+        call_store_fail(call, rc, "session");
+        return;
+    }
+    if (call_after_revoke(t, call->arena, a->user_id, &h, "logout") != 0) {
+        svc_fail(call, EXTRANET__STATUS__UNAVAILABLE,
+                 "logged out, but the session cache is not cleared yet; retry");
+        return;
+    }
+    svc_reply_ok(call, NULL);
+}
+
+void auth_authenticate(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Identity__AuthenticateRequest *req = (const void *)call->msg;
+    if (!call_allowed_or_reply(call, ACCESS_ANY))
+        return;
+    if (!sessions_hash_valid(req->token_sha256)) {
+        svc_fail(call, EXTRANET__STATUS__INVALID,
+                 "token_sha256 must be 64 lower-case hex characters");
+        return;
+    }
+    /* Lease first, then PostgreSQL: a revocation committed after our read deletes the lease,
+     * and the fill below then writes nothing. */
+    char lease[SESSIONS_LEASE_LEN + 1];
+    bool leased = t->redis && sessions_cache_lease(t->redis, req->token_sha256, lease);
+    store_auth_t s;
+    int rc = store_session_auth(t->pg, call->arena, req->token_sha256, &s);
+    if (rc == -ENOENT) {
+        svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "session expired or revoked");
+        return;
+    }
+    if (rc != 0) {
+        call_store_fail(call, rc, "session");
+        return;
+    }
+    if (s.stale &&
+        store_session_touch(t->pg, s.session_id, identity_cfg.idle_s, &s.valid_until_ms) != 0)
+        log_warn("could not touch session %s", s.session_id);
+    Extranet__Identity__AuthenticateReply reply = EXTRANET__IDENTITY__AUTHENTICATE_REPLY__INIT;
+    reply.user_id = s.user_id;
+    reply.kind = s.kind;
+    reply.session_id = s.session_id;
+    reply.mfa_pending = s.mfa_pending;
+    reply.valid_until_ms = s.valid_until_ms;
+    int64_t ttl = rules_session_cache_ttl_ms(util_now_ms(), s.valid_until_ms);
+    if (leased && ttl > 0) {
+        sessions_entry_t e = {s.user_id, s.kind, s.session_id, s.mfa_pending, s.valid_until_ms};
+        (void)sessions_cache_fill(t->redis, req->token_sha256, lease, &e, ttl);
+    }
+    svc_reply_ok(call, &reply.base);
+}

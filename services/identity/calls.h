@@ -1,0 +1,42 @@
+/* What every identity handler does around its work (calls.c): actor and input checks that
+ * answer the call when they refuse (*_or_reply, Redis' getLongLongFromObjectOrReply style),
+ * store errors mapped to statuses, and the effects after a commit. */
+#ifndef IDENTITY_CALLS_H
+#define IDENTITY_CALLS_H
+#include "extranet/svc.h"
+#include "handlers.h"
+#include "identity.pb-c.h"
+#include "rules.h"
+#include "store.h"
+#include <stdbool.h>
+
+/* The call's actor (borrowed; may be NULL when the envelope has none). */
+const Extranet__Actor *call_actor(const svc_call_t *call);
+/* rules_access_check plus uuid-shaped ids for signed-in actors; answers and returns false
+ * when refused. */
+bool call_allowed_or_reply(svc_call_t *call, rules_access_t access);
+/* Answers INVALID with err and returns true when err is not NULL. */
+bool call_invalid_or_reply(svc_call_t *call, const char *err);
+/* Returns true when id is a uuid, else answers INVALID "<field> must be a uuid". */
+bool call_uuid_or_reply(svc_call_t *call, const char *field, const char *id);
+/* Answers a store error: -ENOENT NOT_FOUND "<what> not found", -EEXIST CONFLICT, -EAGAIN
+ * UNAVAILABLE, else INTERNAL (logged). */
+void call_store_fail(svc_call_t *call, int rc, const char *what);
+
+/* "{a,b}" from n uuid/hex strings, new in the arena (NULL on OOM). */
+char *call_array_literal(arena_t *a, char *const *items, size_t n);
+
+/* After a commit that queued pending invalidations: deletes fill:sess:{h} + sess:{h}, drops
+ * the pending rows, publishes session.revoked when reason is given (user_id may be NULL
+ * then only if reason is NULL). Returns 0, or -EIO when Redis could not be reached (rows
+ * stay for the tick; the caller answers UNAVAILABLE where the change tightens access). */
+int call_after_revoke(svc_thread_t *t, arena_t *a, const char *user_id, const store_hashes_t *h,
+                      const char *reason);
+/* Queues a security notice mail to u (no-op without EXTRANET_SMTP_URL); inside the caller's
+ * transaction when there is one. */
+void call_notice(svc_thread_t *t, const Extranet__Identity__User *u, const char *subject,
+                 const char *what);
+/* Registers (due_at) or cancels (NULL) the user.expire timer with expiry as SYSTEM; failures
+ * are logged only (authentication enforces expires_at itself, R9). */
+void call_expiry(svc_thread_t *t, svc_call_t *call, const char *user_id, const char *due_at);
+#endif
