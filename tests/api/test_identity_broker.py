@@ -1,11 +1,10 @@
 """Black-box tests of the identity service straight through the broker, no gateway: an MDP
-client (tests/api/mdp_peer.py) sends extranet.Request envelopes built from proto/*.proto with
+client (a minimal one below) sends extranet.Request envelopes built from proto/*.proto with
 protoc --python_out. Covers what HTTP cannot reach: identity.Authenticate and its Redis fill
 (sess:{h}), internal SYSTEM-only methods, session.revoked events, the pending-invalidation
 outbox when Redis stalls, and the actor checks of every method."""
 
 import hashlib
-import os
 import signal
 import subprocess
 import sys
@@ -17,8 +16,25 @@ import pyotp
 import pytest
 import zmq
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from mdp_peer import Client  # noqa: E402
+
+class Client:
+    """A minimal MDP/Client (RFC 7) on a DEALER: frames "" | MDPC01 | service | body."""
+
+    def __init__(self, ctx, endpoint):
+        self.sock = ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+
+    def send(self, service, body):
+        self.sock.send_multipart([b"", b"MDPC01", service.encode(), body])
+
+    def recv(self, timeout):
+        """(service, [body frames]) or None on timeout."""
+        if not self.sock.poll(int(timeout * 1000)):
+            return None
+        frames = self.sock.recv_multipart()
+        assert len(frames) >= 4 and frames[0] == b"" and frames[1] == b"MDPC01", frames
+        return frames[2], frames[3:]
 
 REPO = Path(__file__).resolve().parents[2]
 ADMIN_EMAIL = "admin@extranet.test"        # conftest.py's first admin
