@@ -12,7 +12,6 @@ import ctypes
 import os
 import pwd
 import random
-import re
 import secrets
 import shutil
 import signal
@@ -63,7 +62,7 @@ def _is_exe(p):
     return p.is_file() and os.access(p, os.X_OK)
 
 
-def free_port():
+def free_port(exclude=()):
     """A free 127.0.0.1 TCP port. Chosen at random below the kernel's ephemeral range, so an
     outgoing connection of another process cannot take it between now and our bind (a port
     found by binding port 0 is an ephemeral one and can); bind-tested; port 0 as fallback."""
@@ -72,13 +71,14 @@ def free_port():
     except (OSError, ValueError, IndexError):
         low = 32768
     candidates = [random.randint(10000, low - 1) for _ in range(50)] if low > 11000 else []
-    for port in candidates + [0]:
+    for port in [p for p in candidates if p not in exclude] + [0]:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
-            return s.getsockname()[1]
+            if s.getsockname()[1] not in exclude:
+                return s.getsockname()[1]
     raise ClusterError("no free port")
 
 
@@ -150,7 +150,8 @@ class Proc:
 
     def kill_group(self):
         """SIGKILL the process and everything in its process group."""
-        if self.popen is None:
+        # Only while unreaped: a reaped pid (and its group id) may already be someone else's.
+        if self.popen is None or self.popen.poll() is not None:
             return
         self.signalled.add(signal.SIGKILL)
         try:
@@ -191,6 +192,7 @@ class Cluster:
         self.dir = None
         self.env = {}
         self.urls = {}
+        self.ports = {}
         self.problems = []
         self._pg_user = None
         self._zctx = None
@@ -232,8 +234,9 @@ class Cluster:
         """Chooses ports and secrets and fills self.env (what every binary gets) and
         self.urls. EXTRANET_REQUIRED_SERVICES is what was built, so the gateway's readiness
         means every started service has a worker."""
-        ports = {k: free_port() for k in ("pg", "redis", "smtp", "broker", "events",
-                                          "events_pub", "http")}
+        ports = {}
+        for k in ("pg", "redis", "smtp", "broker", "events", "events_pub", "http"):
+            ports[k] = free_port(exclude=set(ports.values()))
         self.ports = ports
         self.pg_password = secrets.token_hex(16)
         host = "127.0.0.1"
@@ -301,6 +304,8 @@ class Cluster:
                 in_use = "already in use" in str(e).lower() or "EADDRINUSE" in str(e)
                 self._stop_all(quiet=True)
                 if not in_use or attempt == 2:
+                    if self.dir and not os.environ.get("EXTRANET_KEEP_CLUSTER"):
+                        shutil.rmtree(self.dir / "pg", ignore_errors=True)
                     raise   # the temp dir stays, for its logs
                 self._cleanup_dir()
             except BaseException:
@@ -601,7 +606,9 @@ class Cluster:
 
     def start_service(self, name, env=None, wait=True):
         """(Re)starts a stopped process with its former command; env adds or overrides
-        variables (kept for later restarts). Waits until it is ready unless wait=False."""
+        variables (kept for later restarts). Waits until it is ready unless wait=False.
+        A service is ready when MMI says it has a worker: after kill_service the broker may
+        still count the dead worker until its heartbeats expire."""
         p = self._proc(name)
         if p.running():
             raise ClusterError("%s is already running" % name)
@@ -719,6 +726,9 @@ class Cluster:
                    % (self.log_dir, "\n\n".join(parts)))
         if remove and not bad:
             self._cleanup_dir()
+        elif not os.environ.get("EXTRANET_KEEP_CLUSTER"):
+            # Kept for its logs and mail; the database files (~40 MB) only with the variable.
+            shutil.rmtree(self.dir / "pg", ignore_errors=True)
         if bad:
             raise SanitizerError(msg)
 
