@@ -507,7 +507,9 @@ static enum MHD_Result s_on_result(gw_http_t *self, gw_req_t *req, const char *m
                                                req->reply->payload.len, req->reply->payload.data)
                    : NULL;
     if (!msg) {
-        metrics_upstream_error(r->rpc, "bad_reply");
+        char service[64];
+        snprintf(service, sizeof service, "%.*s", (int)strcspn(r->rpc, "."), r->rpc);
+        metrics_upstream_error(service, "bad_reply");
         return s_status_error(req, method, EXTRANET__STATUS__INTERNAL, "malformed reply", 0);
     }
     return s_json(req, method, r->success, codec_to_json(msg));

@@ -442,13 +442,17 @@ int loop_submit(gw_loop_t *self, gw_req_t *req)
         pthread_mutex_unlock(&self->mu);
         return -ESHUTDOWN;
     }
+    /* Only the first request into an empty queue wakes the loop: it drains the whole queue,
+     * so under load one eventfd write serves a batch. */
+    bool was_empty = self->q_head == NULL;
     if (self->q_tail)
         self->q_tail->q_next = req;
     else
         self->q_head = req;
     self->q_tail = req;
     pthread_mutex_unlock(&self->mu);
-    s_wake(self);
+    if (was_empty)
+        s_wake(self);
     return 0;
 }
 
