@@ -344,7 +344,16 @@ static long s_broker_cpu_ms(void) {
     /* Fields after the parenthesised command name: state is field 3, utime 14, stime 15. */
     char *p = strrchr(buf, ')');
     unsigned long ut = 0, st = 0;
-    if (!p || sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &ut, &st) != 2)
+    int field = 3;
+    char *save = NULL;
+    for (char *tok = p ? strtok_r(p + 1, " ", &save) : NULL; tok && field <= 15;
+         tok = strtok_r(NULL, " ", &save), field++) {
+        if (field == 14)
+            ut = strtoul(tok, NULL, 10);
+        else if (field == 15)
+            st = strtoul(tok, NULL, 10);
+    }
+    if (field <= 15)
         return -1;
     return (long)((ut + st) * 1000 / (unsigned long)sysconf(_SC_CLK_TCK));
 }
