@@ -67,17 +67,50 @@ static void s_reply_login(svc_thread_t *t, svc_call_t *call, Extranet__Identity_
     svc_reply_ok(call, &reply.base);
 }
 
+/* The backoff key of an email: sha256 hex of its lower-cased text (known or not). */
+static void s_account_key(const char *email, char out[65]) {
+    char lower[256];
+    size_t n = 0;
+    for (; email[n] && n < sizeof lower - 1; n++)
+        lower[n] = (char)((email[n] >= 'A' && email[n] <= 'Z') ? email[n] + 32 : email[n]);
+    lower[n] = '\0';
+    sessions_token_hash(lower, out);
+}
+
+/* Answers RATE_LIMITED with Retry-After while the account's backoff runs; true then. */
+static bool s_backoff_or_reply(svc_thread_t *t, svc_call_t *call, const char *account) {
+    int wait = 0;
+    if (store_login_wait(t->pg, account, &wait) != 0 || wait <= 0)
+        return false; /* the gateway's limiter still holds if the table cannot be read */
+    svc_fail(call, EXTRANET__STATUS__RATE_LIMITED,
+             "too many failed sign-ins; try again in %d seconds", wait);
+    call->retry_after_s = wait;
+    return true;
+}
+
+/* Counts a failed sign-in and answers UNAUTHENTICATED. */
+static void s_fail_login(svc_thread_t *t, svc_call_t *call, const char *account,
+                         const char *message) {
+    if (store_login_failed(t->pg, account) != 0)
+        log_warn("could not record a failed sign-in");
+    svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "%s", message);
+}
+
 void auth_login(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Identity__LoginRequest *req = (const void *)call->msg;
+    char account[65];
     if (!call_allowed_or_reply(call, ACCESS_ANY) ||
         call_invalid_or_reply(call, rules_email_check(req->email)) ||
         call_invalid_or_reply(call, rules_login_password_check(req->password)))
+        return;
+    s_account_key(req->email, account);
+    if (s_backoff_or_reply(t, call, account))
         return;
     store_user_t u;
     int rc = store_user_by_email(t->pg, call->arena, req->email, &u);
     if (rc == -ENOENT) {
         password_verify_dummy(req->password); /* same time as a known email */
-        svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, BAD_LOGIN);
+        s_fail_login(t, call, account, BAD_LOGIN);
         return;
     }
     if (rc != 0) {
@@ -86,7 +119,7 @@ void auth_login(svc_thread_t *t, svc_call_t *call) {
     }
     if (!password_verify(u.password_hash, req->password) || !u.usable) {
         log_info("login refused for user %s", u.user->id);
-        svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, BAD_LOGIN);
+        s_fail_login(t, call, account, BAD_LOGIN);
         return;
     }
     if (password_needs_rehash(u.password_hash)) {
@@ -116,6 +149,9 @@ void auth_login(svc_thread_t *t, svc_call_t *call) {
         svc_reply_ok(call, &reply.base);
         return;
     }
+    /* Without a second factor the sign-in is complete: the backoff starts over. */
+    if (store_login_ok(t->pg, account) != 0)
+        log_warn("could not reset the sign-in backoff of user %s", u.user->id);
     log_info("login of user %s", u.user->id);
     s_reply_login(t, call, u.user);
 }
@@ -196,6 +232,10 @@ void auth_login_mfa(svc_thread_t *t, svc_call_t *call) {
         svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "invalid or expired mfa_token");
         return;
     }
+    char account[65];
+    s_account_key(u.user->email, account);
+    if (s_backoff_or_reply(t, call, account))
+        return;
     bool recovery = false, ok;
     if (rules_totp_code_shape(req->code)) {
         ok = s_totp_use(t, call->arena, user_id, req->code);
@@ -206,7 +246,7 @@ void auth_login_mfa(svc_thread_t *t, svc_call_t *call) {
         if (tries >= 5)
             s_mfa_token_drop(t, hash); /* used up: log in again */
         log_info("2FA code refused for user %s (try %d)", user_id, tries);
-        svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "invalid code");
+        s_fail_login(t, call, account, "invalid code");
         return;
     }
     /* Taking the token is what makes it single-use when two requests race with it. */
@@ -214,6 +254,8 @@ void auth_login_mfa(svc_thread_t *t, svc_call_t *call) {
         svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "invalid or expired mfa_token");
         return;
     }
+    if (store_login_ok(t->pg, account) != 0)
+        log_warn("could not reset the sign-in backoff of user %s", user_id);
     if (recovery)
         call_notice(t, u.user, "A recovery code was used",
                     "One of your 2FA recovery codes was just used to sign in to your account.");

@@ -166,6 +166,25 @@ const pg_stmt_t identity_statements[] = {
      "RETURNING id",
      1},
 
+    {"login_wait",
+     "SELECT greatest(0, ceil(extract(epoch FROM next_at - now())))::integer AS wait "
+     "FROM login_failures WHERE account = $1",
+     1},
+    /* Failures older than an hour are forgotten; from the 6th failure on each one doubles
+     * the wait: 1 s, 2 s, 4 s ... capped at 15 minutes. */
+    {"login_failed",
+     "INSERT INTO login_failures AS f (account, failures) VALUES ($1, 1) "
+     "ON CONFLICT (account) DO UPDATE SET "
+     "failures = CASE WHEN f.updated_at < now() - interval '1 hour' THEN 1 "
+     "                ELSE f.failures + 1 END, "
+     "next_at = now() + make_interval(secs => CASE "
+     "    WHEN f.updated_at < now() - interval '1 hour' OR f.failures + 1 <= 5 THEN 0 "
+     "    ELSE least(900, power(2, least(f.failures + 1 - 6, 20)))::integer END), "
+     "updated_at = now()",
+     1},
+    {"login_ok", "DELETE FROM login_failures WHERE account = $1", 1},
+    {"login_failures_cleanup",
+     "DELETE FROM login_failures WHERE updated_at < now() - interval '1 day'", 0},
     {"policy_get", "SELECT extranet_mfa_required, extranet_public_links_allowed FROM policy", 0},
     {"policy_set",
      "UPDATE policy SET extranet_mfa_required = $1::boolean, "
@@ -525,6 +544,8 @@ int store_cleanup(pg_t *pg) {
     int rc = s_exec(pg, "sessions_cleanup", NULL, false, NULL);
     if (rc == 0)
         rc = s_exec(pg, "mfa_tokens_cleanup", NULL, false, NULL);
+    if (rc == 0)
+        rc = s_exec(pg, "login_failures_cleanup", NULL, false, NULL);
     return rc;
 }
 
@@ -630,6 +651,31 @@ int store_recovery_unused(pg_t *pg, arena_t *a, const char *user_id, store_recov
 int store_recovery_use(pg_t *pg, const char *id) {
     const char *params[] = {id};
     return s_exec_one(pg, "recovery_use", params);
+}
+
+/* --- login backoff ----------------------------------------------------------------------- */
+
+int store_login_wait(pg_t *pg, const char *account, int *ret_wait_s) {
+    const char *params[] = {account};
+    PGresult *res = NULL;
+    *ret_wait_s = 0;
+    int rc = s_exec(pg, "login_wait", params, false, &res);
+    if (rc != 0)
+        return rc;
+    if (PQntuples(res) == 1)
+        *ret_wait_s = (int)s_i64(res, 0, "wait");
+    PQclear(res);
+    return 0;
+}
+
+int store_login_failed(pg_t *pg, const char *account) {
+    const char *params[] = {account};
+    return s_exec(pg, "login_failed", params, false, NULL);
+}
+
+int store_login_ok(pg_t *pg, const char *account) {
+    const char *params[] = {account};
+    return s_exec(pg, "login_ok", params, false, NULL);
 }
 
 /* --- policy ------------------------------------------------------------------------------- */

@@ -116,6 +116,12 @@ int store_recovery_unused(pg_t *pg, arena_t *a, const char *user_id, store_recov
                           size_t *ret_n) WUR;
 int store_recovery_use(pg_t *pg, const char *id) WUR; /* -ENOENT when already used */
 
+/* --- login backoff (account = sha256 hex of the lower-cased email) --- */
+/* Seconds before the next login attempt of account is allowed (0 = now). */
+int store_login_wait(pg_t *pg, const char *account, int *ret_wait_s) WUR;
+int store_login_failed(pg_t *pg, const char *account) WUR;
+int store_login_ok(pg_t *pg, const char *account) WUR;
+
 /* --- policy --- */
 int store_policy_get(pg_t *pg, Extranet__Identity__Policy *ret) WUR;
 int store_policy_set(pg_t *pg, const Extranet__Identity__Policy *p) WUR;

@@ -403,3 +403,23 @@ def test_malformed_ids_and_unknown_ids(api, admin):
     dup = new_user(api, admin)
     error_of(api.call("POST", "/admin/users", admin, {"email": dup["email"].upper(),
                                                       "password": PASSWORD}), 409, "conflict")
+
+
+def test_failed_logins_back_off_exponentially_known_or_not(api, admin):
+    """DESIGN.md §12: failed sign-ins slow down per account (identity's own backoff, on top of
+    the gateway's rate limit): the first five are free, then 1 s, 2 s, 4 s ... The same for an
+    email nobody has, so the backoff is no account oracle; it never locks out for good."""
+    u = new_user(api, admin)
+    ghost = "ghost-%s@example.test" % uuid.uuid4().hex[:8]
+    for em in (u["email"], ghost):
+        for _ in range(6):
+            error_of(api.login(em, "Wrong-Passw0rd"), 401, "unauthenticated")
+        r = api.login(em, PASSWORD)
+        error_of(r, 429, "rate_limited")
+        assert 1 <= int(r.headers["Retry-After"]) <= 2
+    time.sleep(int(r.headers["Retry-After"]) + 0.2)
+    assert api.login(u["email"], PASSWORD).status_code == 200
+    # Success resets the count: five failures are free again.
+    for _ in range(5):
+        error_of(api.login(u["email"], "Wrong-Passw0rd"), 401, "unauthenticated")
+    assert api.login(u["email"], PASSWORD).status_code == 200
