@@ -19,10 +19,14 @@
 #include <string.h>
 #include <time.h>
 
+/* Everything a test opens lives here, so teardown can close it even after a failed assertion
+ * (zmq_ctx_term would otherwise wait forever for the test's sockets). */
 typedef struct {
     void *zctx;
     void *router[2];
     char ep[2][64];
+    mdp_client_t *c[2];
+    rpc_t *rpc;
 } fx_t;
 
 static void *s_router(void *zctx, char *ret_ep) {
@@ -47,6 +51,9 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     fx_t *fx = *state;
+    mdp_client_destroy(&fx->c[0]);
+    mdp_client_destroy(&fx->c[1]);
+    rpc_destroy(&fx->rpc);
     for (int i = 0; i < 2; i++)
         zmq_close(fx->router[i]);
     zmq_ctx_term(fx->zctx);
@@ -111,7 +118,7 @@ static int s_send_landed(fx_t *fx, mdp_client_t *c, const char *body) {
 static mdp_client_t *s_client_both_up(fx_t *fx) {
     char list[160];
     snprintf(list, sizeof list, "%s,%s", fx->ep[0], fx->ep[1]);
-    mdp_client_t *c = mdp_client_new(fx->zctx, list);
+    mdp_client_t *c = fx->c[0] = mdp_client_new(fx->zctx, list);
     assert_non_null(c);
     bool seen[2] = {false, false};
     for (int k = 0; k < 200 && !(seen[0] && seen[1]); k++)
@@ -122,7 +129,7 @@ static mdp_client_t *s_client_both_up(fx_t *fx) {
 
 static void test_client_frames(void **state) {
     fx_t *fx = *state;
-    mdp_client_t *c = mdp_client_new(fx->zctx, fx->ep[0]);
+    mdp_client_t *c = fx->c[0] = mdp_client_new(fx->zctx, fx->ep[0]);
     assert_non_null(c);
     int64_t end = util_mono_ms() + 5000;
     while (mdp_client_send(c, "tasks", "\x00body", 5) == -EAGAIN && util_mono_ms() < end) {
@@ -152,14 +159,14 @@ static void test_client_frames(void **state) {
     assert_memory_equal(body, "answer", 6);
     free(body);
     assert_int_equal(mdp_client_recv(c, &body, &len, 50), -EAGAIN);
-    mdp_client_destroy(&c);
-    assert_null(c);
-    mdp_client_destroy(&c); /* NULL-safe */
+    mdp_client_destroy(&fx->c[0]);
+    assert_null(fx->c[0]);
+    mdp_client_destroy(&fx->c[0]); /* NULL-safe */
 }
 
 static void test_client_rejects_bad_args(void **state) {
     fx_t *fx = *state;
-    mdp_client_t *c = mdp_client_new(fx->zctx, fx->ep[0]);
+    mdp_client_t *c = fx->c[0] = mdp_client_new(fx->zctx, fx->ep[0]);
     assert_non_null(c);
     char big[300];
     memset(big, 'a', sizeof big - 1);
@@ -167,14 +174,14 @@ static void test_client_rejects_bad_args(void **state) {
     assert_int_equal(mdp_client_send(c, "", "x", 1), -EINVAL);
     assert_int_equal(mdp_client_send(c, big, "x", 1), -EINVAL);
     assert_int_equal(mdp_client_send(c, "svc", NULL, 3), -EINVAL);
-    mdp_client_destroy(&c);
+    mdp_client_destroy(&fx->c[0]);
     assert_null(mdp_client_new(fx->zctx, ""));
     assert_null(mdp_client_new(fx->zctx, "not-an-endpoint"));
 }
 
 static void test_client_malformed_replies(void **state) {
     fx_t *fx = *state;
-    mdp_client_t *c = mdp_client_new(fx->zctx, fx->ep[0]);
+    mdp_client_t *c = fx->c[0] = mdp_client_new(fx->zctx, fx->ep[0]);
     assert_non_null(c);
     assert_int_equal(s_send_landed(fx, c, "hello"), 0);
     /* Learn the client's identity from one more request. */
@@ -206,7 +213,7 @@ static void test_client_malformed_replies(void **state) {
         assert_int_equal(mdp_client_recv(c, &body, &len, 2000), -EPROTO);
         assert_null(body);
     }
-    mdp_client_destroy(&c);
+    mdp_client_destroy(&fx->c[0]);
 }
 
 static void test_client_round_robin_and_suspect(void **state) {
@@ -224,7 +231,7 @@ static void test_client_round_robin_and_suspect(void **state) {
     mdp_client_suspect_last(c);
     for (int k = 0; k < 6; k++)
         assert_int_equal(s_send_landed(fx, c, "avoid"), 1 - last);
-    mdp_client_destroy(&c);
+    mdp_client_destroy(&fx->c[0]);
 }
 
 static void test_client_dead_broker_fails_fast(void **state) {
@@ -233,25 +240,25 @@ static void test_client_dead_broker_fails_fast(void **state) {
     char ep[64];
     void *r = s_router(fx->zctx, ep);
     zmq_close(r);
-    mdp_client_t *c = mdp_client_new(fx->zctx, ep);
+    mdp_client_t *c = fx->c[0] = mdp_client_new(fx->zctx, ep);
     assert_non_null(c);
     assert_int_equal(mdp_client_send(c, "svc", "x", 1), -EAGAIN);
     /* With a live second broker the send fails over to it. */
     char list[160];
     snprintf(list, sizeof list, "%s,%s", ep, fx->ep[1]);
-    mdp_client_t *c2 = mdp_client_new(fx->zctx, list);
+    mdp_client_t *c2 = fx->c[1] = mdp_client_new(fx->zctx, list);
     assert_non_null(c2);
     for (int k = 0; k < 4; k++)
         assert_int_equal(s_send_landed(fx, c2, "failover"), 1);
-    mdp_client_destroy(&c);
-    mdp_client_destroy(&c2);
+    mdp_client_destroy(&fx->c[0]);
+    mdp_client_destroy(&fx->c[1]);
 }
 
 /* ------------------------------------------------------------------ rpc_call */
 
 typedef struct {
     void *router;
-    int mode; /* 0: stale then OK, 1: NOT_FOUND, 2: never answer */
+    int mode; /* 0: stale then OK, 1: NOT_FOUND, 2: never answer, 3: OK after 400 ms */
     char method[64];
     int64_t deadline_ms;
     char client_ip[64];
@@ -288,7 +295,13 @@ static void *s_fake_broker(void *arg) {
             extranet__echo_request__free_unpacked(er, NULL);
         }
         Extranet__Reply rep = EXTRANET__REPLY__INIT;
-        if (fk->mode == 0) {
+        if (fk->mode == 3) {
+            struct timespec ts = {0, 400 * 1000000L};
+            nanosleep(&ts, NULL);
+            rep.request_id = req->request_id;
+            rep.status = EXTRANET__STATUS__OK;
+            s_reply(fk->router, &f[0], &rep);
+        } else if (fk->mode == 0) {
             rep.request_id = "00000000-0000-4000-8000-000000000000"; /* stale */
             rep.status = EXTRANET__STATUS__CONFLICT;
             s_reply(fk->router, &f[0], &rep);
@@ -314,8 +327,8 @@ static void *s_fake_broker(void *arg) {
     return NULL;
 }
 
-static int s_rpc(fx_t *fx, rpc_t *rpc, int mode, int64_t timeout_ms, fake_t *fk,
-                 ProtobufCMessage **ret, char *err, size_t errlen) {
+static int s_rpc_id(fx_t *fx, rpc_t *rpc, int mode, int64_t timeout_ms, fake_t *fk,
+                    const char *rid, ProtobufCMessage **ret, char *err, size_t errlen) {
     memset(fk, 0, sizeof *fk);
     fk->router = fx->router[0];
     fk->mode = mode;
@@ -328,7 +341,7 @@ static int s_rpc(fx_t *fx, rpc_t *rpc, int mode, int64_t timeout_ms, fake_t *fk,
     er.data.data = (uint8_t *)"ping";
     er.data.len = 4;
     int64_t deadline = util_now_ms() + timeout_ms;
-    int rc = rpc_call(rpc, "echo.Echo", &actor, NULL, deadline, &er.base,
+    int rc = rpc_call(rpc, "echo.Echo", &actor, rid, deadline, &er.base,
                       &extranet__echo_reply__descriptor, ret, err, errlen);
     assert_int_equal(pthread_join(t, NULL), 0);
     if (mode != 2 || fk->method[0]) {
@@ -340,9 +353,33 @@ static int s_rpc(fx_t *fx, rpc_t *rpc, int mode, int64_t timeout_ms, fake_t *fk,
     return rc;
 }
 
+static int s_rpc(fx_t *fx, rpc_t *rpc, int mode, int64_t timeout_ms, fake_t *fk,
+                 ProtobufCMessage **ret, char *err, size_t errlen) {
+    return s_rpc_id(fx, rpc, mode, timeout_ms, fk, NULL, ret, err, errlen);
+}
+
+/* A caller reusing its request_id for two nested calls must not get the first call's late
+ * answer as the second's. */
+static void test_rpc_call_late_reply_not_matched_later(void **state) {
+    fx_t *fx = *state;
+    rpc_t *rpc = fx->rpc = rpc_new(fx->zctx, fx->ep[0]);
+    fake_t fk;
+    ProtobufCMessage *out = NULL;
+    char err[64];
+    const char *rid = "6f1c1f5e-2f5e-4a59-9a55-0d1f4c1b2a3e";
+    assert_int_equal(s_rpc_id(fx, rpc, 3, 200, &fk, rid, &out, err, sizeof err),
+                     ERR_STATUS(EXTRANET__STATUS__UNAVAILABLE));
+    struct timespec ts = {0, 200 * 1000000L}; /* the late OK is now in our queue */
+    nanosleep(&ts, NULL);
+    assert_int_equal(s_rpc_id(fx, rpc, 1, 2000, &fk, rid, &out, err, sizeof err),
+                     ERR_STATUS(EXTRANET__STATUS__NOT_FOUND));
+    assert_null(out);
+    rpc_destroy(&fx->rpc);
+}
+
 static void test_rpc_call_ok_drops_stale(void **state) {
     fx_t *fx = *state;
-    rpc_t *rpc = rpc_new(fx->zctx, fx->ep[0]);
+    rpc_t *rpc = fx->rpc = rpc_new(fx->zctx, fx->ep[0]);
     assert_non_null(rpc);
     fake_t fk;
     ProtobufCMessage *out = NULL;
@@ -355,13 +392,13 @@ static void test_rpc_call_ok_drops_stale(void **state) {
     assert_int_equal(er->worker_thread, 7);
     assert_string_equal(err, "");
     protobuf_c_message_free_unpacked(out, NULL);
-    rpc_destroy(&rpc);
-    assert_null(rpc);
+    rpc_destroy(&fx->rpc);
+    assert_null(fx->rpc);
 }
 
 static void test_rpc_call_maps_status(void **state) {
     fx_t *fx = *state;
-    rpc_t *rpc = rpc_new(fx->zctx, fx->ep[0]);
+    rpc_t *rpc = fx->rpc = rpc_new(fx->zctx, fx->ep[0]);
     fake_t fk;
     ProtobufCMessage *out = (ProtobufCMessage *)&fk; /* must be reset to NULL */
     char err[64];
@@ -371,12 +408,12 @@ static void test_rpc_call_maps_status(void **state) {
     assert_int_equal(ERR_TO_STATUS(rc), EXTRANET__STATUS__NOT_FOUND);
     assert_string_equal(err, "no such thing");
     assert_null(out);
-    rpc_destroy(&rpc);
+    rpc_destroy(&fx->rpc);
 }
 
 static void test_rpc_call_deadline_unavailable(void **state) {
     fx_t *fx = *state;
-    rpc_t *rpc = rpc_new(fx->zctx, fx->ep[0]);
+    rpc_t *rpc = fx->rpc = rpc_new(fx->zctx, fx->ep[0]);
     fake_t fk;
     ProtobufCMessage *out = NULL;
     char err[64];
@@ -386,12 +423,12 @@ static void test_rpc_call_deadline_unavailable(void **state) {
     assert_int_equal(rc, ERR_STATUS(EXTRANET__STATUS__UNAVAILABLE));
     assert_true(took >= 290 && took < 2000);
     assert_null(out);
-    rpc_destroy(&rpc);
+    rpc_destroy(&fx->rpc);
 }
 
 static void test_rpc_call_bad_input(void **state) {
     fx_t *fx = *state;
-    rpc_t *rpc = rpc_new(fx->zctx, fx->ep[0]);
+    rpc_t *rpc = fx->rpc = rpc_new(fx->zctx, fx->ep[0]);
     char err[64];
     int64_t dl = util_now_ms() + 1000;
     assert_int_equal(rpc_call(rpc, "nodot", NULL, NULL, dl, NULL, NULL, NULL, err, sizeof err),
@@ -403,7 +440,7 @@ static void test_rpc_call_bad_input(void **state) {
     assert_int_equal(rpc_call(rpc, "a.B", NULL, NULL, util_now_ms() - 1, NULL, NULL, NULL, err,
                               sizeof err),
                      ERR_STATUS(EXTRANET__STATUS__DEADLINE_EXCEEDED));
-    rpc_destroy(&rpc);
+    rpc_destroy(&fx->rpc);
 }
 
 int main(void) {
@@ -417,6 +454,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_rpc_call_maps_status, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rpc_call_deadline_unavailable, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rpc_call_bad_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rpc_call_late_reply_not_matched_later, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -145,6 +145,16 @@ int rpc_call(rpc_t *self, const char *method, const Extranet__Actor *actor,
     len = extranet__request__pack(&env, buf);
     free(payload);
 
+    /* Late replies to earlier calls that gave up are waiting: discard them now, so a caller
+     * that reuses its own request_id for several nested calls cannot match an old answer. */
+    void *stale = NULL;
+    size_t stale_len = 0;
+    int drc;
+    while ((drc = mdp_client_recv(self->client, &stale, &stale_len, 0)) == 0 || drc == -EPROTO) {
+        free(stale);
+        stale = NULL;
+    }
+
     int rc = s_send(self, service, buf, len, deadline_ms);
     free(buf);
     if (rc == -EAGAIN)
