@@ -12,6 +12,7 @@
 #include "identity.pb-c.h"
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,7 @@ struct gw_loop {
     pthread_mutex_t mu;          /* guards q_head/q_tail/stopping */
     gw_req_t *q_head, *q_tail;
     bool stopping;
+    bool failed;                 /* the loop died on an error (atomic) */
     /* loop thread only: */
     mdp_client_t *client;
     gw_probe_t *probe;
@@ -325,11 +327,7 @@ static void *s_run(void *arg)
         return NULL;
     }
     for (;;) {
-        zmq_pollitem_t items[S_MAX_POLL];
-        items[0] = (zmq_pollitem_t){.socket = NULL, .fd = self->efd, .events = ZMQ_POLLIN};
-        int nclient = mdp_client_pollitems(self->client, items + 1, S_MAX_POLL / 2);
-        int nprobe = probe_pollitems(self->probe, items + 1 + nclient,
-                                     S_MAX_POLL - 1 - nclient);
+        /* The probe's timeout handling may replace its socket: tick before taking items. */
         int64_t now = util_mono_ms();
         int64_t timeout = 1000;
         if (self->d_head)
@@ -339,9 +337,18 @@ static void *s_run(void *arg)
             timeout = pt;
         if (timeout < 0)
             timeout = 0;
+        zmq_pollitem_t items[S_MAX_POLL];
+        items[0] = (zmq_pollitem_t){.socket = NULL, .fd = self->efd, .events = ZMQ_POLLIN};
+        int nclient = mdp_client_pollitems(self->client, items + 1, S_MAX_POLL / 2);
+        int nprobe = probe_pollitems(self->probe, items + 1 + nclient,
+                                     S_MAX_POLL - 1 - nclient);
         int rc = zmq_poll(items, 1 + nclient + nprobe, (long)timeout);
         if (rc < 0 && zmq_errno() != EINTR) {
-            log_error("zmq_poll: %s", zmq_strerror(zmq_errno()));
+            /* Not recoverable here: stop serving and let main shut the process down, so a
+             * supervisor restarts it instead of it answering 503 forever. */
+            log_error("zmq_poll: %s; the gateway stops", zmq_strerror(zmq_errno()));
+            __atomic_store_n(&self->failed, true, __ATOMIC_RELAXED);
+            kill(getpid(), SIGTERM);
             break;
         }
         if (rc > 0 && (items[0].revents & ZMQ_POLLIN)) {
@@ -455,6 +462,8 @@ int loop_submit(gw_loop_t *self, gw_req_t *req)
         s_wake(self);
     return 0;
 }
+
+bool loop_failed(gw_loop_t *self) { return __atomic_load_n(&self->failed, __ATOMIC_RELAXED); }
 
 void loop_stop(gw_loop_t *self)
 {

@@ -7,6 +7,7 @@
 #define GW_LOOP_H
 #include "extranet/common.h"
 #include "request.h"
+#include <stdbool.h>
 
 typedef struct gw_loop gw_loop_t;
 
@@ -27,4 +28,7 @@ void loop_destroy(gw_loop_t **self_p);
  * loop then owns it until it calls http_req_resume(req). Returns 0, or -ESHUTDOWN when the
  * loop is stopping (the caller still owns req and must answer it itself). */
 int loop_submit(gw_loop_t *self, gw_req_t *req) WUR;
+
+/* True when the loop stopped on an unrecoverable error (it then raised SIGTERM). */
+bool loop_failed(gw_loop_t *self);
 #endif

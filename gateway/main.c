@@ -156,7 +156,7 @@ int main(int argc, char **argv)
     http_quiesce(http);
     loop_stop(loop);           /* every suspended request is resumed with 503 */
     http_drain(http, 2000);    /* let those answers go out */
-    rc = 0;
+    rc = loop_failed(loop) ? 1 : 0;
 done:
     http_destroy(&http);
     loop_destroy(&loop);

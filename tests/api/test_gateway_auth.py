@@ -344,3 +344,20 @@ def test_successful_logins_do_not_use_up_the_limit(cluster, extranet_user):
             [401, 401, 429]
         # now even the right password waits for the window
         assert_error(attempt(gw, None, fresh_ip(), data=extranet_user), 429, "rate_limited")
+
+
+def test_client_ip_is_the_rightmost_untrusted_forwarded_address(cluster, identity):
+    """Behind trusted proxies (127.0.0.1 and 10.0.0.0/8) the client is the rightmost
+    X-Forwarded-For entry that is not a proxy; entries a client wrote itself further left do
+    not count, so it cannot escape the per-address limit by inventing addresses."""
+    with rate_gateway(cluster, EXTRANET_TRUSTED_PROXIES="127.0.0.1,10.0.0.0/8",
+                      EXTRANET_LOGIN_RATE_IP="1") as gw:
+        b, d = fresh_ip(), fresh_ip()
+
+        def code(xff):
+            return attempt(gw, "ip-%s@example.test" % secrets.token_hex(4), xff).status_code
+        assert code("%s, %s, 10.0.0.5" % (fresh_ip(), b)) == 401      # client b
+        assert code("%s, %s" % (fresh_ip(), b)) == 429                # b again: limited
+        assert code("%s, 10.20.30.40, 10.0.0.1" % b) == 429           # b behind two proxies
+        assert code("%s, %s" % (b, d)) == 401                         # d, not b
+        assert code("garbage, %s" % d) == 429                         # d again

@@ -420,6 +420,21 @@ def test_readyz_503_without_broker(cluster):
         assert time.monotonic() - t0 < 5
 
 
+def test_readyz_with_two_brokers_one_dead(cluster):
+    """Ready when one broker of EXTRANET_BROKER has every required service; the dead one is
+    counted as unreachable after its one-second MMI timeout."""
+    import cluster as cluster_lib
+    dead = "tcp://127.0.0.1:%d" % cluster_lib.free_port()
+    env = {"EXTRANET_BROKER": dead + "," + cluster.urls["broker"],
+           "EXTRANET_REQUIRED_SERVICES": "echo"}
+    with OwnGateway(cluster, env) as gw:
+        r = requests.get(gw.url + "/readyz", timeout=10)
+        assert r.status_code == 200, r.text
+        assert r.json()["brokers_total"] == 2 and r.json()["brokers_reachable"] == 1
+        # requests still go through (to the live broker)
+        assert requests.get(gw.url + "/healthz", timeout=5).status_code == 200
+
+
 def debug_gateway(cluster, **env):
     e = {"EXTRANET_DEBUG_ROUTES": "1", "EXTRANET_REQUIRED_SERVICES": "echo"}
     e.update(env)
