@@ -19,14 +19,12 @@ static char *s_redis_url;
 static pthread_key_t s_key;
 static bool s_key_ok;
 
-static void s_rds_free(void *p)
-{
+static void s_rds_free(void *p) {
     rds_t *r = p;
     rds_destroy(&r);
 }
 
-int auth_init(const char *redis_url)
-{
+int auth_init(const char *redis_url) {
     s_redis_url = strdup(redis_url);
     if (!s_redis_url)
         return -ENOMEM;
@@ -39,8 +37,7 @@ int auth_init(const char *redis_url)
     return 0;
 }
 
-void auth_fini(void)
-{
+void auth_fini(void) {
     if (s_key_ok) {
         /* The calling thread's own connection: other threads freed theirs at exit. */
         s_rds_free(pthread_getspecific(s_key));
@@ -53,8 +50,7 @@ void auth_fini(void)
 }
 
 /* This thread's Redis connection (borrowed; freed by the key's destructor), or NULL. */
-static rds_t *s_rds(void)
-{
+static rds_t *s_rds(void) {
     if (!s_key_ok)
         return NULL;
     rds_t *r = pthread_getspecific(s_key);
@@ -66,18 +62,18 @@ static rds_t *s_rds(void)
     return r;
 }
 
-rds_t *auth_thread_redis(void) { return s_rds(); }
+rds_t *auth_thread_redis(void) {
+    return s_rds();
+}
 
-void auth_actor_anonymous(gw_req_t *req)
-{
+void auth_actor_anonymous(gw_req_t *req) {
     Extranet__Actor init = EXTRANET__ACTOR__INIT;
     req->actor = init;
     req->actor.kind = EXTRANET__ACTOR_KIND__ANONYMOUS;
     req->actor.client_ip = req->client_ip;
 }
 
-Extranet__Status auth_parse_header(gw_req_t *req, const char *authorization)
-{
+Extranet__Status auth_parse_header(gw_req_t *req, const char *authorization) {
     if (!authorization || strncasecmp(authorization, "Bearer ", 7) != 0)
         return EXTRANET__STATUS__UNAUTHENTICATED;
     const char *tok = authorization + 7;
@@ -88,7 +84,7 @@ Extranet__Status auth_parse_header(gw_req_t *req, const char *authorization)
         n--;
     if (n == 0 || n > S_MAX_TOKEN)
         return EXTRANET__STATUS__UNAUTHENTICATED;
-    for (size_t i = 0; i < n; i++) {   /* RFC 6750 §2.1 b64token */
+    for (size_t i = 0; i < n; i++) { /* RFC 6750 §2.1 b64token */
         char c = tok[i];
         bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
                   c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/' ||
@@ -102,8 +98,7 @@ Extranet__Status auth_parse_header(gw_req_t *req, const char *authorization)
     return EXTRANET__STATUS__OK;
 }
 
-static bool s_kind(const char *s, Extranet__ActorKind *ret)
-{
+static bool s_kind(const char *s, Extranet__ActorKind *ret) {
     if (strcmp(s, "admin") == 0)
         *ret = EXTRANET__ACTOR_KIND__ADMIN;
     else if (strcmp(s, "employee") == 0)
@@ -117,8 +112,7 @@ static bool s_kind(const char *s, Extranet__ActorKind *ret)
 
 /* Fills the actor from a session and checks the route's rule for mfa_pending sessions. */
 static Extranet__Status s_apply(gw_req_t *req, const char *user_id, const char *kind,
-                                const char *session_id, bool mfa_pending, int64_t valid_until)
-{
+                                const char *session_id, bool mfa_pending, int64_t valid_until) {
     Extranet__ActorKind k;
     if (!user_id || !session_id || !kind || !util_uuid_valid(user_id) ||
         !util_uuid_valid(session_id) || !s_kind(kind, &k) || valid_until <= util_now_ms()) {
@@ -141,8 +135,7 @@ static Extranet__Status s_apply(gw_req_t *req, const char *user_id, const char *
     return EXTRANET__STATUS__OK;
 }
 
-int auth_cache_lookup(gw_req_t *req)
-{
+int auth_cache_lookup(gw_req_t *req) {
     rds_t *r = s_rds();
     if (!r)
         return 0;
@@ -184,8 +177,6 @@ int auth_cache_lookup(gw_req_t *req)
     return hit;
 }
 
-Extranet__Status auth_apply_reply(gw_req_t *req, const Extranet__Identity__AuthenticateReply *ar)
-{
-    return s_apply(req, ar->user_id, ar->kind, ar->session_id, ar->mfa_pending,
-                   ar->valid_until_ms);
+Extranet__Status auth_apply_reply(gw_req_t *req, const Extranet__Identity__AuthenticateReply *ar) {
+    return s_apply(req, ar->user_id, ar->kind, ar->session_id, ar->mfa_pending, ar->valid_until_ms);
 }

@@ -33,6 +33,5 @@ int auth_cache_lookup(gw_req_t *req);
 
 /* Applies identity's answer (loop thread): fills the actor, checks valid_until_ms and the
  * route's mfa rule. Returns OK, or the status also written into req's result. */
-Extranet__Status auth_apply_reply(gw_req_t *req,
-                                  const Extranet__Identity__AuthenticateReply *ar);
+Extranet__Status auth_apply_reply(gw_req_t *req, const Extranet__Identity__AuthenticateReply *ar);
 #endif

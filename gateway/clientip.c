@@ -15,15 +15,14 @@
 
 typedef struct {
     uint8_t addr[16];
-    int prefix;   /* bits of addr that must match, 0..128 */
+    int prefix; /* bits of addr that must match, 0..128 */
 } s_net_t;
 
 static s_net_t s_nets[S_MAX_PROXIES];
 static int s_nnets;
 
 /* Parses a textual v4/v6 address into 16 bytes (v4 mapped). */
-static bool s_parse(const char *text, uint8_t out[16], bool *ret_v4)
-{
+static bool s_parse(const char *text, uint8_t out[16], bool *ret_v4) {
     struct in_addr a4;
     struct in6_addr a6;
     if (inet_pton(AF_INET, text, &a4) == 1) {
@@ -41,8 +40,7 @@ static bool s_parse(const char *text, uint8_t out[16], bool *ret_v4)
     return false;
 }
 
-int clientip_init(const char *list)
-{
+int clientip_init(const char *list) {
     s_nnets = 0;
     if (!list || !*list)
         return 0;
@@ -81,10 +79,11 @@ int clientip_init(const char *list)
     return rc;
 }
 
-void clientip_fini(void) { s_nnets = 0; }
+void clientip_fini(void) {
+    s_nnets = 0;
+}
 
-static bool s_trusted(const uint8_t a[16])
-{
+static bool s_trusted(const uint8_t a[16]) {
     for (int i = 0; i < s_nnets; i++) {
         int bits = s_nets[i].prefix, byte = 0;
         bool match = true;
@@ -103,8 +102,7 @@ static bool s_trusted(const uint8_t a[16])
     return false;
 }
 
-static void s_format(const uint8_t a[16], char *out, size_t len)
-{
+static void s_format(const uint8_t a[16], char *out, size_t len) {
     static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
     if (memcmp(a, mapped, 12) == 0)
         inet_ntop(AF_INET, a + 12, out, (socklen_t)len);
@@ -112,8 +110,7 @@ static void s_format(const uint8_t a[16], char *out, size_t len)
         inet_ntop(AF_INET6, a, out, (socklen_t)len);
 }
 
-void clientip_resolve(const struct sockaddr *peer, const char *xff, char *out, size_t len)
-{
+void clientip_resolve(const struct sockaddr *peer, const char *xff, char *out, size_t len) {
     uint8_t a[16];
     if (!peer) {
         snprintf(out, len, "unknown");
@@ -150,7 +147,7 @@ void clientip_resolve(const struct sockaddr *peer, const char *xff, char *out, s
             memcpy(tok, s, n);
             tok[n] = '\0';
             if (!s_parse(tok, hop, &v4))
-                break;   /* garbage: keep the last hop we could trust */
+                break; /* garbage: keep the last hop we could trust */
             memcpy(a, hop, 16);
             if (!s_trusted(hop))
                 break;

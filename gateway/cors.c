@@ -8,13 +8,12 @@
 #include <strings.h>
 
 #define S_MAX_ORIGINS 64
-#define S_MAX_AGE "600"
+#define S_MAX_AGE     "600"
 
 static char *s_origins[S_MAX_ORIGINS];
 static int s_count;
 
-int cors_init(const char *origins)
-{
+int cors_init(const char *origins) {
     s_count = 0;
     if (!origins || !*origins)
         return 0;
@@ -25,15 +24,13 @@ int cors_init(const char *origins)
     return 0;
 }
 
-void cors_fini(void)
-{
+void cors_fini(void) {
     for (int i = 0; i < s_count; i++)
         free(s_origins[i]);
     s_count = 0;
 }
 
-const char *cors_allowed(const char *origin)
-{
+const char *cors_allowed(const char *origin) {
     if (!origin)
         return NULL;
     for (int i = 0; i < s_count; i++)
@@ -42,8 +39,7 @@ const char *cors_allowed(const char *origin)
     return NULL;
 }
 
-int cors_add_headers(struct MHD_Response *resp, const char *origin)
-{
+int cors_add_headers(struct MHD_Response *resp, const char *origin) {
     if (MHD_add_response_header(resp, "Access-Control-Allow-Origin", origin) != MHD_YES ||
         MHD_add_response_header(resp, "Access-Control-Expose-Headers",
                                 "X-Request-Id, Retry-After") != MHD_YES)
@@ -51,8 +47,7 @@ int cors_add_headers(struct MHD_Response *resp, const char *origin)
     return 0;
 }
 
-int cors_add_preflight(struct MHD_Response *resp, const char *allow_methods)
-{
+int cors_add_preflight(struct MHD_Response *resp, const char *allow_methods) {
     if (MHD_add_response_header(resp, "Access-Control-Allow-Methods", allow_methods) != MHD_YES ||
         MHD_add_response_header(resp, "Access-Control-Allow-Headers",
                                 "Authorization, Content-Type") != MHD_YES ||

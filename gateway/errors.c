@@ -7,9 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-char *errors_body(const char *code, const char *message, const char *request_id,
-                  size_t *ret_len)
-{
+char *errors_body(const char *code, const char *message, const char *request_id, size_t *ret_len) {
     json_t *o = json_pack("{s:{s:s, s:s, s:s}}", "error", "code", code, "message",
                           message ? message : "", "request_id", request_id);
     if (!o)
@@ -21,5 +19,9 @@ char *errors_body(const char *code, const char *message, const char *request_id,
     return s;
 }
 
-int errors_http(Extranet__Status st) { return status_http(st); }
-const char *errors_code(Extranet__Status st) { return status_name(st); }
+int errors_http(Extranet__Status st) {
+    return status_http(st);
+}
+const char *errors_code(Extranet__Status st) {
+    return status_name(st);
+}

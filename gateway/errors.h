@@ -8,8 +8,7 @@
 #include <stddef.h>
 
 /* Returns a new malloc'd JSON text (caller frees) and its length, or NULL on OOM. */
-char *errors_body(const char *code, const char *message, const char *request_id,
-                  size_t *ret_len);
+char *errors_body(const char *code, const char *message, const char *request_id, size_t *ret_len);
 
 /* The HTTP status and error code of a catalogue status (status.h); message defaults. */
 int errors_http(Extranet__Status st);

@@ -8,11 +8,11 @@
 #include "codec.h"
 #include "cors.h"
 #include "errors.h"
+#include "extranet/log.h"
+#include "extranet/util.h"
 #include "metrics.h"
 #include "ratelimit.h"
 #include "request.h"
-#include "extranet/log.h"
-#include "extranet/util.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
@@ -30,11 +30,10 @@ struct gw_http {
     gw_loop_t *loop;
     struct MHD_Daemon *daemon;
     uint16_t port;
-    long in_flight;   /* requests between their first handler call and completion (atomic) */
+    long in_flight; /* requests between their first handler call and completion (atomic) */
 };
 
-static int64_t s_mono_us(void)
-{
+static int64_t s_mono_us(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
@@ -52,8 +51,7 @@ typedef struct {
 /* Queues status + body (malloc'd, stolen; may be NULL for no body) with the headers every
  * response carries: X-Request-Id, Content-Type, Cache-Control, Vary, CORS. */
 static enum MHD_Result s_queue(gw_req_t *req, const char *method, int status, char *body,
-                               size_t len, const s_extra_t *x)
-{
+                               size_t len, const s_extra_t *x) {
     struct MHD_Response *resp =
         body ? MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE)
              : MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
@@ -65,8 +63,8 @@ static enum MHD_Result s_queue(gw_req_t *req, const char *method, int status, ch
              MHD_add_response_header(resp, "Cache-Control", "private, no-store") == MHD_YES &&
              MHD_add_response_header(resp, "Vary", "Authorization, Origin") == MHD_YES &&
              MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-                                     x && x->content_type ? x->content_type
-                                                          : "application/json") == MHD_YES;
+                                     x && x->content_type ? x->content_type : "application/json") ==
+                 MHD_YES;
     if (ok && req->origin)
         ok = cors_add_headers(resp, req->origin) == 0;
     if (ok && x && x->preflight && req->origin)
@@ -93,8 +91,7 @@ static enum MHD_Result s_queue(gw_req_t *req, const char *method, int status, ch
 }
 
 static enum MHD_Result s_error(gw_req_t *req, const char *method, int http, const char *code,
-                               const char *message, const s_extra_t *x)
-{
+                               const char *message, const s_extra_t *x) {
     size_t len = 0;
     char *body = errors_body(code, message, req->request_id, &len);
     if (!body)
@@ -103,8 +100,7 @@ static enum MHD_Result s_error(gw_req_t *req, const char *method, int http, cons
 }
 
 static enum MHD_Result s_status_error(gw_req_t *req, const char *method, Extranet__Status st,
-                                      const char *message, int retry_after_s)
-{
+                                      const char *message, int retry_after_s) {
     /* R1: every 404 has the same body, whichever service (or the gateway) said it, so a
      * hidden resource can never be told from a missing one by its message. */
     if (st == EXTRANET__STATUS__NOT_FOUND)
@@ -115,8 +111,7 @@ static enum MHD_Result s_status_error(gw_req_t *req, const char *method, Extrane
     return s_error(req, method, errors_http(st), errors_code(st), message, &x);
 }
 
-static enum MHD_Result s_json(gw_req_t *req, const char *method, int status, json_t *o)
-{
+static enum MHD_Result s_json(gw_req_t *req, const char *method, int status, json_t *o) {
     char *s = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     if (!s)
@@ -126,8 +121,7 @@ static enum MHD_Result s_json(gw_req_t *req, const char *method, int status, jso
 
 /* --- the request's life ------------------------------------------------------------------- */
 
-void http_req_resume(gw_req_t *req)
-{
+void http_req_resume(gw_req_t *req) {
     req->state = GW_REQ_RESULT;
     MHD_resume_connection(req->conn);
 }
@@ -137,15 +131,13 @@ typedef struct {
 } s_size_t;
 
 static enum MHD_Result s_sum_header(void *cls, enum MHD_ValueKind kind, const char *key,
-                                    const char *value)
-{
+                                    const char *value) {
     s_size_t *sz = cls;
     sz->total += strlen(key) + (value ? strlen(value) : 0) + 4;
     return MHD_YES;
 }
 
-static bool s_is_json(const char *ct)
-{
+static bool s_is_json(const char *ct) {
     if (!ct)
         return false;
     while (*ct == ' ')
@@ -156,8 +148,7 @@ static bool s_is_json(const char *ct)
 }
 
 /* Queues the answer decided from the headers. */
-static enum MHD_Result s_early(gw_req_t *req, const char *method)
-{
+static enum MHD_Result s_early(gw_req_t *req, const char *method) {
     if (req->early_preflight) {
         s_extra_t x = {.allow = req->allow, .preflight = req->allow};
         return s_queue(req, method, 204, NULL, 0, &x);
@@ -166,8 +157,7 @@ static enum MHD_Result s_early(gw_req_t *req, const char *method)
     return s_error(req, method, req->early_http, req->early_code, req->early_msg, &x);
 }
 
-static void s_decide(gw_req_t *req, int http, const char *code, const char *msg)
-{
+static void s_decide(gw_req_t *req, int http, const char *code, const char *msg) {
     req->early_http = http;
     req->early_code = code;
     req->early_msg = msg;
@@ -177,8 +167,7 @@ static void s_decide(gw_req_t *req, int http, const char *code, const char *msg)
  * its way (libmicrohttpd then discards it and closes the connection), else when the request is
  * complete, so a keep-alive connection survives a 404. */
 static enum MHD_Result s_on_headers(gw_http_t *self, gw_req_t *req, const char *url,
-                                    const char *method)
-{
+                                    const char *method) {
     struct MHD_Connection *c = req->conn;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -229,8 +218,7 @@ static enum MHD_Result s_on_headers(gw_http_t *self, gw_req_t *req, const char *
 /* A body chunk: kept up to max_body; past it the request is marked and later answered 413
  * (a response cannot be queued while upload data is being delivered), and a client that keeps
  * sending far past the limit is cut off. */
-static enum MHD_Result s_on_body(gw_http_t *self, gw_req_t *req, const char *data, size_t n)
-{
+static enum MHD_Result s_on_body(gw_http_t *self, gw_req_t *req, const char *data, size_t n) {
     if (req->body_too_large || req->body_len + n > self->cfg.max_body) {
         req->body_too_large = true;
         req->body_discarded += n;
@@ -251,8 +239,7 @@ static enum MHD_Result s_on_body(gw_http_t *self, gw_req_t *req, const char *dat
     return MHD_YES;
 }
 
-static int s_depth(const json_t *j, int limit)
-{
+static int s_depth(const json_t *j, int limit) {
     if (limit < 0)
         return 0;
     const char *k;
@@ -260,8 +247,7 @@ static int s_depth(const json_t *j, int limit)
     size_t i;
     int best = 0;
     if (json_is_object(j)) {
-        json_object_foreach((json_t *)j, k, v)
-        {
+        json_object_foreach((json_t *)j, k, v) {
             int d = s_depth(v, limit - 1);
             if (d > best)
                 best = d;
@@ -271,8 +257,7 @@ static int s_depth(const json_t *j, int limit)
         return best + 1;
     }
     if (json_is_array(j)) {
-        json_array_foreach(j, i, v)
-        {
+        json_array_foreach(j, i, v) {
             int d = s_depth(v, limit - 1);
             if (d > best)
                 best = d;
@@ -292,8 +277,7 @@ typedef struct {
 } s_query_t;
 
 static enum MHD_Result s_set_query(void *cls, enum MHD_ValueKind kind, const char *key,
-                                   const char *value)
-{
+                                   const char *value) {
     s_query_t *q = cls;
     codec_error_t err = {{0}, {0}};
     int rc = codec_set_field(q->msg, key, value ? value : "", arena_allocator(q->req->arena), &err);
@@ -314,8 +298,7 @@ static enum MHD_Result s_set_query(void *cls, enum MHD_ValueKind kind, const cha
  * req->payload. Returns OK, or the status with req->deferred_msg set (answered once the
  * caller is known to be authenticated: nothing about validation leaks to strangers). */
 static Extranet__Status s_build_payload(gw_http_t *self, gw_req_t *req, char *ret_account,
-                                        size_t account_len)
-{
+                                        size_t account_len) {
     const gw_route_t *r = req->match.route;
     json_t *in = NULL;
     if (req->body_len > 0) {
@@ -379,8 +362,7 @@ static Extranet__Status s_build_payload(gw_http_t *self, gw_req_t *req, char *re
         }
         rc = codec_set_field(msg, name, value, alloc, &err);
         if (rc < 0) {
-            snprintf(req->deferred_msg, sizeof req->deferred_msg, "%.64s: %.120s", name,
-                     err.text);
+            snprintf(req->deferred_msg, sizeof req->deferred_msg, "%.64s: %.120s", name, err.text);
             return EXTRANET__STATUS__INVALID;
         }
     }
@@ -394,8 +376,7 @@ static Extranet__Status s_build_payload(gw_http_t *self, gw_req_t *req, char *re
 
 /* Suspends the connection and hands req to the loop. Suspending first guarantees the loop's
  * resume can never come before the suspend. */
-static enum MHD_Result s_submit(gw_http_t *self, gw_req_t *req)
-{
+static enum MHD_Result s_submit(gw_http_t *self, gw_req_t *req) {
     req->deadline_ms = util_now_ms() + self->cfg.deadline_ms;
     req->deadline_mono = util_mono_ms() + self->cfg.deadline_ms;
     req->state = GW_REQ_SUSPENDED;
@@ -407,8 +388,7 @@ static enum MHD_Result s_submit(gw_http_t *self, gw_req_t *req)
     return MHD_YES;
 }
 
-static enum MHD_Result s_builtin(gw_http_t *self, gw_req_t *req, const char *method)
-{
+static enum MHD_Result s_builtin(gw_http_t *self, gw_req_t *req, const char *method) {
     switch (req->match.route->builtin) {
     case GW_BUILTIN_HEALTHZ:
         return s_json(req, method, 200, json_pack("{s:s}", "status", "ok"));
@@ -429,21 +409,20 @@ static enum MHD_Result s_builtin(gw_http_t *self, gw_req_t *req, const char *met
 }
 
 /* The whole request is in: validate, authenticate, rate-limit, then off to the loop. */
-static enum MHD_Result s_on_complete(gw_http_t *self, gw_req_t *req, const char *method)
-{
+static enum MHD_Result s_on_complete(gw_http_t *self, gw_req_t *req, const char *method) {
     if (req->early_http || req->early_preflight)
         return s_early(req, method);
     const gw_route_t *r = req->match.route;
     if (req->body_too_large)
-        return s_status_error(req, method, EXTRANET__STATUS__TOO_LARGE,
-                              "request body too large", 0);
+        return s_status_error(req, method, EXTRANET__STATUS__TOO_LARGE, "request body too large",
+                              0);
     if (r->builtin)
         return s_builtin(self, req, method);
 
     auth_actor_anonymous(req);
     if ((r->flags & GW_ROUTE_AUTH) &&
-        auth_parse_header(req, MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
-                                                           "Authorization")) !=
+        auth_parse_header(
+            req, MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Authorization")) !=
             EXTRANET__STATUS__OK)
         return s_status_error(req, method, EXTRANET__STATUS__UNAUTHENTICATED,
                               "missing, invalid or expired session", 0);
@@ -469,7 +448,7 @@ static enum MHD_Result s_on_complete(gw_http_t *self, gw_req_t *req, const char 
 
     if (r->flags & GW_ROUTE_RATE) {
         int retry = 0;
-        const char *scope = strrchr(r->pattern, '/') + 1;   /* "login", "mfa" */
+        const char *scope = strrchr(r->pattern, '/') + 1; /* "login", "mfa" */
         if (!ratelimit_allow(scope, account, req->client_ip, &retry, &req->rate_local))
             return s_status_error(req, method, EXTRANET__STATUS__RATE_LIMITED,
                                   "too many attempts, try again later", retry);
@@ -480,13 +459,12 @@ static enum MHD_Result s_on_complete(gw_http_t *self, gw_req_t *req, const char 
 }
 
 /* After resume: turn the loop's result into the HTTP response. */
-static enum MHD_Result s_on_result(gw_http_t *self, gw_req_t *req, const char *method)
-{
+static enum MHD_Result s_on_result(gw_http_t *self, gw_req_t *req, const char *method) {
     const gw_route_t *r = req->match.route;
     if (req->phase == GW_PHASE_READY) {
         if (req->status != EXTRANET__STATUS__OK || !req->ready_json)
-            return s_status_error(req, method, req->status ? req->status
-                                                           : EXTRANET__STATUS__INTERNAL,
+            return s_status_error(req, method,
+                                  req->status ? req->status : EXTRANET__STATUS__INTERNAL,
                                   req->message[0] ? req->message : "internal error", 0);
         char *body = req->ready_json;
         req->ready_json = NULL;
@@ -500,7 +478,7 @@ static enum MHD_Result s_on_result(gw_http_t *self, gw_req_t *req, const char *m
         ratelimit_refund(req->rate_scope, req->rate_account, req->client_ip, req->rate_local);
     if (!r->reply)
         return s_queue(req, method, r->success, NULL, 0, NULL);
-    if (!req->arena && !(req->arena = arena_new(64 * 1024 * 1024)))
+    if (!req->arena && !(req->arena = arena_new((size_t)64 << 20)))
         return s_status_error(req, method, EXTRANET__STATUS__INTERNAL, "out of memory", 0);
     ProtobufCMessage *msg =
         req->reply ? protobuf_c_message_unpack(r->reply, arena_allocator(req->arena),
@@ -516,10 +494,8 @@ static enum MHD_Result s_on_result(gw_http_t *self, gw_req_t *req, const char *m
 }
 
 static enum MHD_Result s_handler(void *cls, struct MHD_Connection *conn, const char *url,
-                                 const char *method, const char *version,
-                                 const char *upload_data, size_t *upload_data_size,
-                                 void **con_cls)
-{
+                                 const char *method, const char *version, const char *upload_data,
+                                 size_t *upload_data_size, void **con_cls) {
     gw_http_t *self = cls;
     gw_req_t *req = *con_cls;
     if (!req) {
@@ -546,13 +522,12 @@ static enum MHD_Result s_handler(void *cls, struct MHD_Connection *conn, const c
     case GW_REQ_RESULT:
         return s_on_result(self, req, method);
     default:
-        return MHD_YES;   /* suspended or answered: nothing to do */
+        return MHD_YES; /* suspended or answered: nothing to do */
     }
 }
 
 static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
-                        enum MHD_RequestTerminationCode toe)
-{
+                        enum MHD_RequestTerminationCode toe) {
     gw_http_t *self = cls;
     gw_req_t *req = *con_cls;
     if (!req)
@@ -569,8 +544,7 @@ static void s_completed(void *cls, struct MHD_Connection *conn, void **con_cls,
     __atomic_sub_fetch(&self->in_flight, 1, __ATOMIC_RELAXED);
 }
 
-static void s_mhd_log(void *cls, const char *fmt, va_list ap)
-{
+static void s_mhd_log(void *cls, const char *fmt, va_list ap) {
     char buf[256];
     vsnprintf(buf, sizeof buf, fmt, ap);
     size_t n = strlen(buf);
@@ -580,8 +554,7 @@ static void s_mhd_log(void *cls, const char *fmt, va_list ap)
 }
 
 /* "host:port", "[v6]:port" or ":port" -> sockaddr. */
-static int s_parse_addr(const char *addr, struct sockaddr_storage *ss)
-{
+static int s_parse_addr(const char *addr, struct sockaddr_storage *ss) {
     char host[128];
     const char *colon = strrchr(addr, ':');
     if (!colon)
@@ -625,8 +598,7 @@ static int s_parse_addr(const char *addr, struct sockaddr_storage *ss)
     return 0;
 }
 
-gw_http_t *http_new(const http_cfg_t *cfg, gw_loop_t *loop)
-{
+gw_http_t *http_new(const http_cfg_t *cfg, gw_loop_t *loop) {
     struct sockaddr_storage ss;
     if (s_parse_addr(cfg->addr, &ss) < 0) {
         log_error("EXTRANET_HTTP_ADDR: cannot parse '%s'", cfg->addr);
@@ -637,8 +609,7 @@ gw_http_t *http_new(const http_cfg_t *cfg, gw_loop_t *loop)
         return NULL;
     self->cfg = *cfg;
     self->loop = loop;
-    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME |
-                     MHD_USE_ERROR_LOG;
+    unsigned flags = MHD_USE_EPOLL_INTERNAL_THREAD | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     self->daemon = MHD_start_daemon(
@@ -658,27 +629,26 @@ gw_http_t *http_new(const http_cfg_t *cfg, gw_loop_t *loop)
     return self;
 }
 
-uint16_t http_port(gw_http_t *self) { return self->port; }
+uint16_t http_port(gw_http_t *self) {
+    return self->port;
+}
 
-void http_quiesce(gw_http_t *self)
-{
+void http_quiesce(gw_http_t *self) {
     MHD_socket fd = MHD_quiesce_daemon(self->daemon);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
 }
 
-void http_drain(gw_http_t *self, int wait_ms)
-{
+void http_drain(gw_http_t *self, int wait_ms) {
     for (int waited = 0; waited < wait_ms; waited += 10) {
         if (__atomic_load_n(&self->in_flight, __ATOMIC_RELAXED) <= 0)
             return;
-        struct timespec ts = {0, 10 * 1000 * 1000};
+        struct timespec ts = {0, 10000000L};
         nanosleep(&ts, NULL);
     }
 }
 
-void http_destroy(gw_http_t **self_p)
-{
+void http_destroy(gw_http_t **self_p) {
     gw_http_t *self = self_p ? *self_p : NULL;
     if (!self)
         return;

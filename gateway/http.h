@@ -10,14 +10,14 @@
 #include <stdint.h>
 
 typedef struct {
-    const char *addr;           /* EXTRANET_HTTP_ADDR "host:port" / "[v6]:port" */
-    unsigned threads;           /* EXTRANET_HTTP_THREADS: MHD pool size (2) */
-    unsigned max_connections;   /* EXTRANET_HTTP_MAX_CONNECTIONS (10000) */
-    unsigned timeout_s;         /* EXTRANET_HTTP_TIMEOUT_S: idle/slow client timeout (15) */
-    size_t memory_limit;        /* EXTRANET_HTTP_MEMORY_LIMIT: per-connection pool (32768) */
-    size_t max_header;          /* EXTRANET_MAX_HEADER: request line + headers (8192) -> 431 */
-    size_t max_body;            /* EXTRANET_MAX_BODY (1048576) -> 413 */
-    int64_t deadline_ms;        /* EXTRANET_DEADLINE_MS (10000) -> 504 */
+    const char *addr;         /* EXTRANET_HTTP_ADDR "host:port" / "[v6]:port" */
+    unsigned threads;         /* EXTRANET_HTTP_THREADS: MHD pool size (2) */
+    unsigned max_connections; /* EXTRANET_HTTP_MAX_CONNECTIONS (10000) */
+    unsigned timeout_s;       /* EXTRANET_HTTP_TIMEOUT_S: idle/slow client timeout (15) */
+    size_t memory_limit;      /* EXTRANET_HTTP_MEMORY_LIMIT: per-connection pool (32768) */
+    size_t max_header;        /* EXTRANET_MAX_HEADER: request line + headers (8192) -> 431 */
+    size_t max_body;          /* EXTRANET_MAX_BODY (1048576) -> 413 */
+    int64_t deadline_ms;      /* EXTRANET_DEADLINE_MS (10000) -> 504 */
 } http_cfg_t;
 
 typedef struct gw_http gw_http_t;

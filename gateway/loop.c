@@ -4,12 +4,12 @@
  * is unlinked from every list before it is called. */
 #include "loop.h"
 #include "auth.h"
-#include "metrics.h"
-#include "probe.h"
 #include "extranet/log.h"
 #include "extranet/mdp.h"
 #include "extranet/util.h"
 #include "identity.pb-c.h"
+#include "metrics.h"
+#include "probe.h"
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -20,7 +20,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
-#define S_BUCKETS 4096      /* pending hash: power of two */
+#define S_BUCKETS  4096 /* pending hash: power of two */
 #define S_MAX_POLL 16
 
 struct gw_loop {
@@ -28,23 +28,22 @@ struct gw_loop {
     char *brokers, *required;
     pthread_t thread;
     bool thread_started;
-    int efd;                     /* eventfd: "the queue has work" / "stop" */
-    pthread_mutex_t mu;          /* guards q_head/q_tail/stopping */
+    int efd;            /* eventfd: "the queue has work" / "stop" */
+    pthread_mutex_t mu; /* guards q_head/q_tail/stopping */
     gw_req_t *q_head, *q_tail;
     bool stopping;
-    bool failed;                 /* the loop died on an error (atomic) */
+    bool failed; /* the loop died on an error (atomic) */
     /* loop thread only: */
     mdp_client_t *client;
     gw_probe_t *probe;
     gw_req_t *buckets[S_BUCKETS];
-    gw_req_t *d_head, *d_tail;   /* pending, ordered by deadline_mono */
-    int init_rc;                 /* set by the thread before it signals ready */
+    gw_req_t *d_head, *d_tail; /* pending, ordered by deadline_mono */
+    int init_rc;               /* set by the thread before it signals ready */
     bool init_done;
     pthread_cond_t init_cv;
 };
 
-void req_set_result(gw_req_t *req, Extranet__Status status, const char *fmt, ...)
-{
+void req_set_result(gw_req_t *req, Extranet__Status status, const char *fmt, ...) {
     req->status = status;
     va_list ap;
     va_start(ap, fmt);
@@ -52,9 +51,8 @@ void req_set_result(gw_req_t *req, Extranet__Status status, const char *fmt, ...
     va_end(ap);
 }
 
-static unsigned s_hash(const char *id)
-{
-    unsigned h = 2166136261u;   /* FNV-1a */
+static unsigned s_hash(const char *id) {
+    unsigned h = 2166136261u; /* FNV-1a */
     for (; *id; id++)
         h = (h ^ (unsigned char)*id) * 16777619u;
     return h & (S_BUCKETS - 1);
@@ -62,8 +60,7 @@ static unsigned s_hash(const char *id)
 
 /* Links req into the hash and the deadline list (kept sorted: most requests share one
  * deadline length, so the scan from the tail is usually one step). */
-static void s_pending_add(gw_loop_t *self, gw_req_t *req)
-{
+static void s_pending_add(gw_loop_t *self, gw_req_t *req) {
     unsigned b = s_hash(req->request_id);
     req->h_next = self->buckets[b];
     self->buckets[b] = req;
@@ -82,8 +79,7 @@ static void s_pending_add(gw_loop_t *self, gw_req_t *req)
         self->d_head = req;
 }
 
-static void s_pending_remove(gw_loop_t *self, gw_req_t *req)
-{
+static void s_pending_remove(gw_loop_t *self, gw_req_t *req) {
     gw_req_t **pp = &self->buckets[s_hash(req->request_id)];
     while (*pp && *pp != req)
         pp = &(*pp)->h_next;
@@ -101,8 +97,7 @@ static void s_pending_remove(gw_loop_t *self, gw_req_t *req)
     req->d_prev = req->d_next = NULL;
 }
 
-static gw_req_t *s_pending_find(gw_loop_t *self, const char *request_id)
-{
+static gw_req_t *s_pending_find(gw_loop_t *self, const char *request_id) {
     for (gw_req_t *r = self->buckets[s_hash(request_id)]; r; r = r->h_next)
         if (strcmp(r->request_id, request_id) == 0)
             return r;
@@ -110,14 +105,12 @@ static gw_req_t *s_pending_find(gw_loop_t *self, const char *request_id)
 }
 
 /* The one exit of a request from the loop. */
-static void s_finish(gw_loop_t *self, gw_req_t *req)
-{
+static void s_finish(gw_loop_t *self, gw_req_t *req) {
     http_req_resume(req);
 }
 
 /* "identity.GetMe" -> "identity" into buf. */
-static const char *s_service_of(const char *method, char *buf, size_t len)
-{
+static const char *s_service_of(const char *method, char *buf, size_t len) {
     const char *dot = strchr(method, '.');
     size_t n = dot ? (size_t)(dot - method) : strlen(method);
     if (n >= len)
@@ -128,8 +121,7 @@ static const char *s_service_of(const char *method, char *buf, size_t len)
 }
 
 /* Sends one envelope for req (phase AUTH: identity.Authenticate; CALL: the route's method). */
-static int s_send(gw_loop_t *self, gw_req_t *req)
-{
+static int s_send(gw_loop_t *self, gw_req_t *req) {
     Extranet__Identity__AuthenticateRequest areq = EXTRANET__IDENTITY__AUTHENTICATE_REQUEST__INIT;
     uint8_t abuf[128];
     Extranet__Request env = EXTRANET__REQUEST__INIT;
@@ -163,8 +155,7 @@ static int s_send(gw_loop_t *self, gw_req_t *req)
 }
 
 /* Starts (or continues, after authentication) a request: send, then wait as pending. */
-static void s_dispatch(gw_loop_t *self, gw_req_t *req)
-{
+static void s_dispatch(gw_loop_t *self, gw_req_t *req) {
     if (util_mono_ms() >= req->deadline_mono) {
         req_set_result(req, EXTRANET__STATUS__DEADLINE_EXCEEDED, "deadline exceeded");
         s_finish(self, req);
@@ -182,20 +173,18 @@ static void s_dispatch(gw_loop_t *self, gw_req_t *req)
     s_pending_add(self, req);
 }
 
-static void s_start(gw_loop_t *self, gw_req_t *req)
-{
+static void s_start(gw_loop_t *self, gw_req_t *req) {
     if (req->phase == GW_PHASE_READY)
         probe_add(self->probe, req);
     else
         s_dispatch(self, req);
 }
 
-static void s_count_upstream(const char *method, Extranet__Status st)
-{
-    const char *kind = st == EXTRANET__STATUS__INTERNAL        ? "internal"
-                       : st == EXTRANET__STATUS__UNAVAILABLE   ? "unavailable"
+static void s_count_upstream(const char *method, Extranet__Status st) {
+    const char *kind = st == EXTRANET__STATUS__INTERNAL            ? "internal"
+                       : st == EXTRANET__STATUS__UNAVAILABLE       ? "unavailable"
                        : st == EXTRANET__STATUS__DEADLINE_EXCEEDED ? "deadline"
-                                                                  : NULL;
+                                                                   : NULL;
     if (kind) {
         char service[64];
         metrics_upstream_error(s_service_of(method, service, sizeof service), kind);
@@ -203,8 +192,7 @@ static void s_count_upstream(const char *method, Extranet__Status st)
 }
 
 /* One reply body from the broker. */
-static void s_on_reply(gw_loop_t *self, const uint8_t *body, size_t len)
-{
+static void s_on_reply(gw_loop_t *self, const uint8_t *body, size_t len) {
     Extranet__Reply *rep = extranet__reply__unpack(NULL, len, body);
     if (!rep || !rep->request_id) {
         metrics_upstream_error("unknown", "bad_reply");
@@ -214,7 +202,7 @@ static void s_on_reply(gw_loop_t *self, const uint8_t *body, size_t len)
         return;
     }
     gw_req_t *req = s_pending_find(self, rep->request_id);
-    if (!req) {   /* late: its deadline already answered the client */
+    if (!req) { /* late: its deadline already answered the client */
         log_debug("late reply for %s dropped", rep->request_id);
         extranet__reply__free_unpacked(rep, NULL);
         return;
@@ -236,11 +224,11 @@ static void s_on_reply(gw_loop_t *self, const uint8_t *body, size_t len)
             }
         } else {
             s_count_upstream("identity.Authenticate", st);
-            req_set_result(req, st, "%s",
-                           st == EXTRANET__STATUS__UNAUTHENTICATED
-                                     ? "missing, invalid or expired session"
-                                     : (rep->message && *rep->message ? rep->message
-                                                                      : "authentication failed"));
+            req_set_result(
+                req, st, "%s",
+                st == EXTRANET__STATUS__UNAUTHENTICATED
+                    ? "missing, invalid or expired session"
+                    : (rep->message && *rep->message ? rep->message : "authentication failed"));
         }
         extranet__reply__free_unpacked(rep, NULL);
         if (st != EXTRANET__STATUS__OK) {
@@ -260,17 +248,16 @@ static void s_on_reply(gw_loop_t *self, const uint8_t *body, size_t len)
     req->status = rep->status;
     snprintf(req->message, sizeof req->message, "%s", rep->message ? rep->message : "");
     req->retry_after_s = rep->retry_after_s;
-    req->reply = rep;   /* the handler decodes the payload on its own thread */
+    req->reply = rep; /* the handler decodes the payload on its own thread */
     s_finish(self, req);
 }
 
-static void s_expire(gw_loop_t *self, int64_t now)
-{
+static void s_expire(gw_loop_t *self, int64_t now) {
     while (self->d_head && self->d_head->deadline_mono <= now) {
         gw_req_t *req = self->d_head;
         s_pending_remove(self, req);
-        const char *method = req->phase == GW_PHASE_AUTH ? "identity.Authenticate"
-                                                         : req->match.route->rpc;
+        const char *method =
+            req->phase == GW_PHASE_AUTH ? "identity.Authenticate" : req->match.route->rpc;
         char service[64];
         metrics_upstream_error(s_service_of(method, service, sizeof service), "deadline");
         mdp_client_suspect_last(self->client);
@@ -282,8 +269,7 @@ static void s_expire(gw_loop_t *self, int64_t now)
     }
 }
 
-static gw_req_t *s_queue_take(gw_loop_t *self, bool *ret_stopping)
-{
+static gw_req_t *s_queue_take(gw_loop_t *self, bool *ret_stopping) {
     pthread_mutex_lock(&self->mu);
     gw_req_t *list = self->q_head;
     self->q_head = self->q_tail = NULL;
@@ -292,8 +278,7 @@ static gw_req_t *s_queue_take(gw_loop_t *self, bool *ret_stopping)
     return list;
 }
 
-static void s_shutdown(gw_loop_t *self)
-{
+static void s_shutdown(gw_loop_t *self) {
     bool stopping;
     gw_req_t *list = s_queue_take(self, &stopping);
     while (list) {
@@ -308,11 +293,10 @@ static void s_shutdown(gw_loop_t *self)
         req_set_result(req, EXTRANET__STATUS__UNAVAILABLE, "shutting down");
         s_finish(self, req);
     }
-    probe_destroy(&self->probe);   /* answers its waiters with 503 */
+    probe_destroy(&self->probe); /* answers its waiters with 503 */
 }
 
-static void *s_run(void *arg)
-{
+static void *s_run(void *arg) {
     gw_loop_t *self = arg;
     log_init("gateway");
     self->client = mdp_client_new(self->zctx, self->brokers);
@@ -340,8 +324,7 @@ static void *s_run(void *arg)
         zmq_pollitem_t items[S_MAX_POLL];
         items[0] = (zmq_pollitem_t){.socket = NULL, .fd = self->efd, .events = ZMQ_POLLIN};
         int nclient = mdp_client_pollitems(self->client, items + 1, S_MAX_POLL / 2);
-        int nprobe = probe_pollitems(self->probe, items + 1 + nclient,
-                                     S_MAX_POLL - 1 - nclient);
+        int nprobe = probe_pollitems(self->probe, items + 1 + nclient, S_MAX_POLL - 1 - nclient);
         int rc = zmq_poll(items, 1 + nclient + nprobe, (long)timeout);
         if (rc < 0 && zmq_errno() != EINTR) {
             /* Not recoverable here: stop serving and let main shut the process down, so a
@@ -370,7 +353,7 @@ static void *s_run(void *arg)
         for (int i = 0; i < nclient; i++)
             client_ready |= (items[1 + i].revents & ZMQ_POLLIN) != 0;
         if (client_ready) {
-            for (int n = 0; n < 10000; n++) {   /* drain, but let deadlines run sometimes */
+            for (int n = 0; n < 10000; n++) { /* drain, but let deadlines run sometimes */
                 void *body = NULL;
                 size_t len = 0;
                 int r = mdp_client_recv(self->client, &body, &len, 0);
@@ -391,8 +374,7 @@ static void *s_run(void *arg)
     return NULL;
 }
 
-gw_loop_t *loop_new(void *zctx, const char *brokers, const char *required)
-{
+gw_loop_t *loop_new(void *zctx, const char *brokers, const char *required) {
     gw_loop_t *self = calloc(1, sizeof *self);
     if (!self)
         return NULL;
@@ -434,15 +416,13 @@ fail:
     return NULL;
 }
 
-static void s_wake(gw_loop_t *self)
-{
+static void s_wake(gw_loop_t *self) {
     uint64_t one = 1;
     if (write(self->efd, &one, sizeof one) < 0 && errno != EAGAIN)
         log_error("eventfd write: %s", strerror(errno));
 }
 
-int loop_submit(gw_loop_t *self, gw_req_t *req)
-{
+int loop_submit(gw_loop_t *self, gw_req_t *req) {
     req->q_next = NULL;
     pthread_mutex_lock(&self->mu);
     if (self->stopping) {
@@ -463,10 +443,11 @@ int loop_submit(gw_loop_t *self, gw_req_t *req)
     return 0;
 }
 
-bool loop_failed(gw_loop_t *self) { return __atomic_load_n(&self->failed, __ATOMIC_RELAXED); }
+bool loop_failed(gw_loop_t *self) {
+    return __atomic_load_n(&self->failed, __ATOMIC_RELAXED);
+}
 
-void loop_stop(gw_loop_t *self)
-{
+void loop_stop(gw_loop_t *self) {
     pthread_mutex_lock(&self->mu);
     self->stopping = true;
     pthread_mutex_unlock(&self->mu);
@@ -476,8 +457,7 @@ void loop_stop(gw_loop_t *self)
     self->thread_started = false;
 }
 
-void loop_destroy(gw_loop_t **self_p)
-{
+void loop_destroy(gw_loop_t **self_p) {
     gw_loop_t *self = self_p ? *self_p : NULL;
     if (!self)
         return;

@@ -20,8 +20,8 @@ gw_loop_t *loop_new(void *zctx, const char *brokers, const char *required);
  * later submits fail with -ESHUTDOWN. Idempotent; any thread but the loop's. */
 void loop_stop(gw_loop_t *self);
 
-/* Stops (see loop_stop), then frees: every queued or pending request is resumed with UNAVAILABLE (503), then
- * the thread is joined and everything freed. NULL-safe; sets *self_p to NULL. */
+/* Stops (see loop_stop), then frees: every queued or pending request is resumed with UNAVAILABLE
+ * (503), then the thread is joined and everything freed. NULL-safe; sets *self_p to NULL. */
 void loop_destroy(gw_loop_t **self_p);
 
 /* From any thread: hands req (already suspended, phase/payload/deadline set) to the loop. The

@@ -3,13 +3,13 @@
 #include "auth.h"
 #include "clientip.h"
 #include "cors.h"
+#include "extranet/cfg.h"
+#include "extranet/log.h"
 #include "http.h"
 #include "loop.h"
 #include "metrics.h"
 #include "ratelimit.h"
 #include "routes.h"
-#include "extranet/cfg.h"
-#include "extranet/log.h"
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,7 +23,8 @@ static const char *s_usage =
     "Environment:\n"
     "  EXTRANET_HTTP_ADDR             listen address host:port (127.0.0.1:8080)\n"
     "  EXTRANET_BROKER                broker MDP endpoints, comma list (tcp://127.0.0.1:5555)\n"
-    "  EXTRANET_REDIS                 Redis for the session cache and rate limits (127.0.0.1:6379)\n"
+    "  EXTRANET_REDIS                 Redis for the session cache and rate limits "
+    "(127.0.0.1:6379)\n"
     "  EXTRANET_HTTP_THREADS          libmicrohttpd thread pool size (2)\n"
     "  EXTRANET_HTTP_MAX_CONNECTIONS  open connections at most (10000)\n"
     "  EXTRANET_HTTP_TIMEOUT_S        idle / slow client timeout in seconds (15)\n"
@@ -48,8 +49,7 @@ typedef struct {
     bool debug;
 } s_cfg_t;
 
-static int s_config(s_cfg_t *c)
-{
+static int s_config(s_cfg_t *c) {
     long threads, maxconn, timeout, mem, hdr, body, deadline, debug;
     if (cfg_long("EXTRANET_HTTP_THREADS", 2, 1, 64, &threads) < 0 ||
         cfg_long("EXTRANET_HTTP_MAX_CONNECTIONS", 10000, 1, 1000000, &maxconn) < 0 ||
@@ -83,8 +83,7 @@ static int s_config(s_cfg_t *c)
 }
 
 /* Thousands of keep-alive connections need as many descriptors as the hard limit allows. */
-static void s_raise_nofile(void)
-{
+static void s_raise_nofile(void) {
     struct rlimit rl;
     if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
         rl.rlim_cur = rl.rlim_max;
@@ -93,8 +92,7 @@ static void s_raise_nofile(void)
     }
 }
 
-int main(int argc, char **argv)
-{
+int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--routes") == 0) {
         routes_enable_debug(true);
         routes_print(stdout);
@@ -154,8 +152,8 @@ int main(int argc, char **argv)
         ;
     log_info("signal %d: shutting down", sig);
     http_quiesce(http);
-    loop_stop(loop);           /* every suspended request is resumed with 503 */
-    http_drain(http, 2000);    /* let those answers go out */
+    loop_stop(loop);        /* every suspended request is resumed with 503 */
+    http_drain(http, 2000); /* let those answers go out */
     rc = loop_failed(loop) ? 1 : 0;
 done:
     http_destroy(&http);

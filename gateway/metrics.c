@@ -13,16 +13,16 @@
 #include <string.h>
 
 static const double s_bounds[] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
-                                  0.1,    0.25,  0.5,    1,     2.5,   5,     10};
+                                  0.1,    0.25,  0.5,    1,     2.5,  5,     10};
 #define S_NB ((int)(sizeof s_bounds / sizeof s_bounds[0]))
-static const char *const s_methods[] = {"GET",     "POST",   "PUT",  "PATCH",
-                                        "DELETE",  "OPTIONS", "HEAD", "OTHER"};
-#define S_NM ((int)(sizeof s_methods / sizeof s_methods[0]))
-#define S_NSTATUS 512      /* status - 100 */
+static const char *const s_methods[] = {"GET",    "POST",    "PUT",  "PATCH",
+                                        "DELETE", "OPTIONS", "HEAD", "OTHER"};
+#define S_NM           ((int)(sizeof s_methods / sizeof s_methods[0]))
+#define S_NSTATUS      512 /* status - 100 */
 #define S_MAX_UPSTREAM 64
 
 typedef struct {
-    uint64_t buckets[S_NB];   /* non-cumulative; summed when rendered */
+    uint64_t buckets[S_NB]; /* non-cumulative; summed when rendered */
     uint64_t count;
     double sum;
 } s_hist_t;
@@ -34,15 +34,14 @@ typedef struct {
 } s_upstream_t;
 
 static pthread_mutex_t s_mu = PTHREAD_MUTEX_INITIALIZER;
-static int s_nroutes;              /* rows + 1 (the last slot is "unmatched") */
-static uint64_t *s_counts;         /* [route][method][status] */
-static s_hist_t *s_hists;          /* [route] */
+static int s_nroutes;      /* rows + 1 (the last slot is "unmatched") */
+static uint64_t *s_counts; /* [route][method][status] */
+static s_hist_t *s_hists;  /* [route] */
 static long s_in_flight;
 static s_upstream_t s_up[S_MAX_UPSTREAM];
 static int s_nup;
 
-int metrics_init(void)
-{
+int metrics_init(void) {
     int n;
     routes_table(&n);
     s_nroutes = n + 1;
@@ -55,26 +54,25 @@ int metrics_init(void)
     return 0;
 }
 
-void metrics_fini(void)
-{
+void metrics_fini(void) {
     free(s_counts);
     free(s_hists);
     s_counts = NULL;
     s_hists = NULL;
 }
 
-void metrics_in_flight_add(int delta) { __atomic_add_fetch(&s_in_flight, delta, __ATOMIC_RELAXED); }
+void metrics_in_flight_add(int delta) {
+    __atomic_add_fetch(&s_in_flight, delta, __ATOMIC_RELAXED);
+}
 
-static int s_method_index(const char *m)
-{
+static int s_method_index(const char *m) {
     for (int i = 0; i < S_NM - 1; i++)
         if (strcmp(s_methods[i], m) == 0)
             return i;
     return S_NM - 1;
 }
 
-void metrics_observe(int route_index, const char *method, int status, double seconds)
-{
+void metrics_observe(int route_index, const char *method, int status, double seconds) {
     if (!s_counts)
         return;
     int r = (route_index < 0 || route_index >= s_nroutes - 1) ? s_nroutes - 1 : route_index;
@@ -83,7 +81,8 @@ void metrics_observe(int route_index, const char *method, int status, double sec
     while (b < S_NB && seconds > s_bounds[b])
         b++;
     pthread_mutex_lock(&s_mu);
-    s_counts[((size_t)r * S_NM + (size_t)s_method_index(method)) * S_NSTATUS + (size_t)(st - 100)]++;
+    s_counts[((size_t)r * S_NM + (size_t)s_method_index(method)) * S_NSTATUS +
+             (size_t)(st - 100)]++;
     if (b < S_NB)
         s_hists[r].buckets[b]++;
     s_hists[r].count++;
@@ -91,8 +90,7 @@ void metrics_observe(int route_index, const char *method, int status, double sec
     pthread_mutex_unlock(&s_mu);
 }
 
-void metrics_upstream_error(const char *service, const char *kind)
-{
+void metrics_upstream_error(const char *service, const char *kind) {
     pthread_mutex_lock(&s_mu);
     int i = 0;
     for (; i < s_nup; i++)
@@ -116,8 +114,7 @@ typedef struct {
 } s_buf_t;
 
 static void s_printf(s_buf_t *b, const char *fmt, ...) PRINTF_LIKE(2, 3);
-static void s_printf(s_buf_t *b, const char *fmt, ...)
-{
+static void s_printf(s_buf_t *b, const char *fmt, ...) {
     if (b->oom)
         return;
     for (;;) {
@@ -144,13 +141,11 @@ static void s_printf(s_buf_t *b, const char *fmt, ...)
     }
 }
 
-static const char *s_route_label(const gw_route_t *table, int n, int r)
-{
+static const char *s_route_label(const gw_route_t *table, int n, int r) {
     return r < n ? table[r].pattern : "unmatched";
 }
 
-char *metrics_render(size_t *ret_len)
-{
+char *metrics_render(size_t *ret_len) {
     int n;
     const gw_route_t *table = routes_table(&n);
     s_buf_t b = {.p = malloc(16384), .cap = 16384};
@@ -182,18 +177,21 @@ char *metrics_render(size_t *ret_len)
         uint64_t cum = 0;
         for (int i = 0; i < S_NB; i++) {
             cum += h->buckets[i];
-            s_printf(&b, "extranet_http_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %llu\n",
+            s_printf(&b,
+                     "extranet_http_request_duration_seconds_bucket{route=\"%s\",le=\"%g\"} %llu\n",
                      label, s_bounds[i], (unsigned long long)cum);
         }
-        s_printf(&b, "extranet_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n",
+        s_printf(&b,
+                 "extranet_http_request_duration_seconds_bucket{route=\"%s\",le=\"+Inf\"} %llu\n",
                  label, (unsigned long long)h->count);
         s_printf(&b, "extranet_http_request_duration_seconds_sum{route=\"%s\"} %.6f\n", label,
                  h->sum);
         s_printf(&b, "extranet_http_request_duration_seconds_count{route=\"%s\"} %llu\n", label,
                  (unsigned long long)h->count);
     }
-    s_printf(&b, "# HELP extranet_http_in_flight HTTP requests being handled.\n"
-                 "# TYPE extranet_http_in_flight gauge\nextranet_http_in_flight %ld\n",
+    s_printf(&b,
+             "# HELP extranet_http_in_flight HTTP requests being handled.\n"
+             "# TYPE extranet_http_in_flight gauge\nextranet_http_in_flight %ld\n",
              __atomic_load_n(&s_in_flight, __ATOMIC_RELAXED));
     s_printf(&b, "# HELP extranet_upstream_errors_total Failed calls to services, by service "
                  "and kind (deadline, unavailable, internal, send, bad_reply).\n"

@@ -11,9 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define S_MAX_BROKERS 8
+#define S_MAX_BROKERS  8
 #define S_MAX_SERVICES 32
-#define S_STEP_MS 1000
+#define S_STEP_MS      1000
 
 struct gw_probe {
     void *zctx;
@@ -21,9 +21,9 @@ struct gw_probe {
     int nbrokers;
     char *services[S_MAX_SERVICES];
     int nservices;
-    bool any_answer;              /* EXTRANET_REQUIRED_SERVICES=none */
+    bool any_answer; /* EXTRANET_REQUIRED_SERVICES=none */
     void *sock[S_MAX_BROKERS];
-    gw_req_t *waiting;            /* linked by q_next */
+    gw_req_t *waiting; /* linked by q_next */
     int nwaiting;
     bool running;
     int cur_broker, cur_service;
@@ -35,15 +35,14 @@ struct gw_probe {
     bool best[S_MAX_SERVICES];
 };
 
-static void *s_socket(gw_probe_t *self, int i)
-{
+static void *s_socket(gw_probe_t *self, int i) {
     if (self->sock[i])
         return self->sock[i];
     void *s = zmq_socket(self->zctx, ZMQ_DEALER);
     if (!s)
         return NULL;
     int zero = 0;
-    int64_t maxmsg = MDP_MAX_FRAME;
+    int64_t maxmsg = (int64_t)MDP_MAX_FRAME;
     if (zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero) != 0 ||
         zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0 ||
         zmq_connect(s, self->brokers[i]) != 0) {
@@ -55,15 +54,13 @@ static void *s_socket(gw_probe_t *self, int i)
     return s;
 }
 
-static void s_drop_socket(gw_probe_t *self, int i)
-{
+static void s_drop_socket(gw_probe_t *self, int i) {
     if (self->sock[i])
         zmq_close(self->sock[i]);
     self->sock[i] = NULL;
 }
 
-gw_probe_t *probe_new(void *zctx, const char *brokers, const char *services)
-{
+gw_probe_t *probe_new(void *zctx, const char *brokers, const char *services) {
     gw_probe_t *self = calloc(1, sizeof *self);
     if (!self)
         return NULL;
@@ -91,8 +88,7 @@ gw_probe_t *probe_new(void *zctx, const char *brokers, const char *services)
 }
 
 /* Answers every waiting request with the current result and goes idle. */
-static void s_answer(gw_probe_t *self, bool ready)
-{
+static void s_answer(gw_probe_t *self, bool ready) {
     json_t *missing = json_array();
     if (!ready && missing) {
         for (int i = 0; i < self->nservices; i++)
@@ -100,8 +96,8 @@ static void s_answer(gw_probe_t *self, bool ready)
                 json_array_append_new(missing, json_string(self->services[i]));
     }
     json_t *o = json_pack("{s:s, s:i, s:i, s:o*}", "status", ready ? "ready" : "not_ready",
-                          "brokers_reachable", self->reachable, "brokers_total",
-                          self->nbrokers, "missing", missing);
+                          "brokers_reachable", self->reachable, "brokers_total", self->nbrokers,
+                          "missing", missing);
     char *text = o ? json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(o);
     self->running = false;
@@ -121,8 +117,7 @@ static void s_answer(gw_probe_t *self, bool ready)
 }
 
 /* Asks the current question, skipping brokers that cannot even be asked. */
-static void s_ask(gw_probe_t *self)
-{
+static void s_ask(gw_probe_t *self) {
     while (self->cur_broker < self->nbrokers) {
         void *s = s_socket(self, self->cur_broker);
         const char *svc = self->services[self->cur_service];
@@ -141,8 +136,7 @@ static void s_ask(gw_probe_t *self)
     s_answer(self, false);
 }
 
-static void s_start(gw_probe_t *self)
-{
+static void s_start(gw_probe_t *self) {
     self->running = true;
     self->cur_broker = 0;
     self->cur_service = 0;
@@ -153,8 +147,7 @@ static void s_start(gw_probe_t *self)
 }
 
 /* The current broker answered every question: ready, or on to the next broker. */
-static void s_broker_done(gw_probe_t *self)
-{
+static void s_broker_done(gw_probe_t *self) {
     int nmissing = 0;
     for (int i = 0; i < self->nservices; i++)
         nmissing += self->missing[i];
@@ -173,8 +166,7 @@ static void s_broker_done(gw_probe_t *self)
     s_ask(self);
 }
 
-void probe_add(gw_probe_t *self, gw_req_t *req)
-{
+void probe_add(gw_probe_t *self, gw_req_t *req) {
     req->q_next = self->waiting;
     self->waiting = req;
     self->nwaiting++;
@@ -182,8 +174,7 @@ void probe_add(gw_probe_t *self, gw_req_t *req)
         s_start(self);
 }
 
-int probe_pollitems(gw_probe_t *self, zmq_pollitem_t *items, int max)
-{
+int probe_pollitems(gw_probe_t *self, zmq_pollitem_t *items, int max) {
     if (!self->running || max < 1 || !self->sock[self->cur_broker])
         return 0;
     items[0] = (zmq_pollitem_t){.socket = self->sock[self->cur_broker], .events = ZMQ_POLLIN};
@@ -192,8 +183,7 @@ int probe_pollitems(gw_probe_t *self, zmq_pollitem_t *items, int max)
 
 /* Reads one whole message: 4 frames "" | MDPC01 | mmi.service | code. Returns the code
  * (200, 404, 501) or -1 for anything else; -EAGAIN when nothing is there. */
-static int s_read_answer(void *s)
-{
+static int s_read_answer(void *s) {
     char frames[4][16];
     size_t sizes[4];
     int n = 0, more = 1;
@@ -216,11 +206,12 @@ static int s_read_answer(void *s)
     if (n != 4 || sizes[0] != 0 || strcmp(frames[1], MDPC_CLIENT) != 0 ||
         strcmp(frames[2], "mmi.service") != 0 || sizes[3] != 3)
         return -1;
-    return atoi(frames[3]);   /* exactly 3 bytes were checked above */
+    char *end;
+    long code = strtol(frames[3], &end, 10);
+    return *end == '\0' && code >= 100 && code <= 999 ? (int)code : -1;
 }
 
-void probe_on_input(gw_probe_t *self)
-{
+void probe_on_input(gw_probe_t *self) {
     while (self->running && self->sock[self->cur_broker]) {
         int code = s_read_answer(self->sock[self->cur_broker]);
         if (code == -EAGAIN)
@@ -238,8 +229,7 @@ void probe_on_input(gw_probe_t *self)
     }
 }
 
-int64_t probe_tick(gw_probe_t *self, int64_t now)
-{
+int64_t probe_tick(gw_probe_t *self, int64_t now) {
     if (!self->running)
         return -1;
     if (now < self->step_deadline)
@@ -253,10 +243,11 @@ int64_t probe_tick(gw_probe_t *self, int64_t now)
     return self->running ? S_STEP_MS : -1;
 }
 
-int probe_waiting(gw_probe_t *self) { return self ? self->nwaiting : 0; }
+int probe_waiting(gw_probe_t *self) {
+    return self ? self->nwaiting : 0;
+}
 
-void probe_destroy(gw_probe_t **self_p)
-{
+void probe_destroy(gw_probe_t **self_p) {
     gw_probe_t *self = self_p ? *self_p : NULL;
     if (!self)
         return;

@@ -17,7 +17,7 @@
 
 typedef struct {
     uint64_t key;
-    int64_t window_end;   /* monotonic ms */
+    int64_t window_end; /* monotonic ms */
     long count;
 } s_slot_t;
 
@@ -25,8 +25,7 @@ static ratelimit_cfg_t s_cfg;
 static pthread_mutex_t s_mu = PTHREAD_MUTEX_INITIALIZER;
 static s_slot_t s_slots[S_SLOTS];
 
-int ratelimit_init(const ratelimit_cfg_t *cfg)
-{
+int ratelimit_init(const ratelimit_cfg_t *cfg) {
     s_cfg = *cfg;
     memset(s_slots, 0, sizeof s_slots);
     return 0;
@@ -35,8 +34,7 @@ int ratelimit_init(const ratelimit_cfg_t *cfg)
 void ratelimit_fini(void) {}
 
 static void s_key_hash(const char *scope, const char *kind, const char *value, char out[65],
-                       uint64_t *ret_short)
-{
+                       uint64_t *ret_short) {
     uint8_t h[crypto_hash_sha256_BYTES];
     crypto_hash_sha256_state st;
     crypto_hash_sha256_init(&st);
@@ -44,13 +42,12 @@ static void s_key_hash(const char *scope, const char *kind, const char *value, c
     crypto_hash_sha256_update(&st, (const unsigned char *)kind, strlen(kind) + 1);
     crypto_hash_sha256_update(&st, (const unsigned char *)value, strlen(value));
     crypto_hash_sha256_final(&st, h);
-    util_hex(h, 16, out);   /* 128 bits are plenty for a counter name */
+    util_hex(h, 16, out); /* 128 bits are plenty for a counter name */
     memcpy(ret_short, h, sizeof *ret_short);
 }
 
 /* In-process fallback: half the limits. Returns ms until the window ends when over, or 0. */
-static int64_t s_local_hit(uint64_t key, long limit)
-{
+static int64_t s_local_hit(uint64_t key, long limit) {
     long strict = limit / 2 > 0 ? limit / 2 : 1;
     int64_t now = util_mono_ms();
     pthread_mutex_lock(&s_mu);
@@ -66,19 +63,20 @@ static int64_t s_local_hit(uint64_t key, long limit)
     return c > strict ? left : 0;
 }
 
-static int s_seconds(long long ms) { return ms <= 0 ? 1 : (int)((ms + 999) / 1000); }
+static int s_seconds(long long ms) {
+    return ms <= 0 ? 1 : (int)((ms + 999) / 1000);
+}
 
 typedef struct {
-    char ha[65], hi[65];   /* Redis key suffixes */
-    uint64_t ka, ki;       /* local table keys */
+    char ha[65], hi[65]; /* Redis key suffixes */
+    uint64_t ka, ki;     /* local table keys */
     bool has_account;
 } s_keys_t;
 
-static void s_keys(const char *scope, const char *account, const char *ip, s_keys_t *k)
-{
+static void s_keys(const char *scope, const char *account, const char *ip, s_keys_t *k) {
     char acct_norm[320];
     size_t n = 0;
-    for (; account[n] && n + 1 < sizeof acct_norm; n++)   /* emails are case-insensitive */
+    for (; account[n] && n + 1 < sizeof acct_norm; n++) /* emails are case-insensitive */
         acct_norm[n] = (char)tolower((unsigned char)account[n]);
     acct_norm[n] = '\0';
     s_key_hash(scope, "a", acct_norm, k->ha, &k->ka);
@@ -86,9 +84,8 @@ static void s_keys(const char *scope, const char *account, const char *ip, s_key
     k->has_account = acct_norm[0] != '\0';
 }
 
-bool ratelimit_allow(const char *scope, const char *account, const char *ip,
-                     int *ret_retry_after_s, bool *ret_local)
-{
+bool ratelimit_allow(const char *scope, const char *account, const char *ip, int *ret_retry_after_s,
+                     bool *ret_local) {
     s_keys_t k;
     s_keys(scope, account, ip, &k);
     const char *ha = k.ha, *hi = k.hi;
@@ -150,8 +147,7 @@ static const char *s_refund_lua =
     "for i, k in ipairs(KEYS) do if redis.call('EXISTS', k) == 1 then "
     "redis.call('DECR', k) end end return 0";
 
-void ratelimit_refund(const char *scope, const char *account, const char *ip, bool local)
-{
+void ratelimit_refund(const char *scope, const char *account, const char *ip, bool local) {
     s_keys_t k;
     s_keys(scope, account, ip, &k);
     if (local) {
@@ -168,11 +164,10 @@ void ratelimit_refund(const char *scope, const char *account, const char *ip, bo
     rds_t *r = auth_thread_redis();
     if (!r)
         return;
-    redisReply *rep =
-        k.has_account
-            ? rds_command(r, "EVAL %s 2 rl:%s:ip:%s rl:%s:a:%s", s_refund_lua, scope, k.hi,
-                          scope, k.ha)
-            : rds_command(r, "EVAL %s 1 rl:%s:ip:%s", s_refund_lua, scope, k.hi);
+    redisReply *rep = k.has_account
+                          ? rds_command(r, "EVAL %s 2 rl:%s:ip:%s rl:%s:a:%s", s_refund_lua, scope,
+                                        k.hi, scope, k.ha)
+                          : rds_command(r, "EVAL %s 1 rl:%s:ip:%s", s_refund_lua, scope, k.hi);
     if (rep)
-        freeReplyObject(rep);   /* best effort: a lost refund only makes the limit stricter */
+        freeReplyObject(rep); /* best effort: a lost refund only makes the limit stricter */
 }

@@ -9,9 +9,9 @@
 #include <stdbool.h>
 
 typedef struct {
-    long per_account;   /* attempts per window per account (EXTRANET_LOGIN_RATE_ACCOUNT, 10) */
-    long per_ip;        /* attempts per window per ip (EXTRANET_LOGIN_RATE_IP, 30) */
-    long window_s;      /* EXTRANET_LOGIN_RATE_WINDOW_S, 300 */
+    long per_account; /* attempts per window per account (EXTRANET_LOGIN_RATE_ACCOUNT, 10) */
+    long per_ip;      /* attempts per window per ip (EXTRANET_LOGIN_RATE_IP, 30) */
+    long window_s;    /* EXTRANET_LOGIN_RATE_WINDOW_S, 300 */
 } ratelimit_cfg_t;
 
 int ratelimit_init(const ratelimit_cfg_t *cfg) WUR;
@@ -20,8 +20,8 @@ void ratelimit_fini(void);
 /* Counts one attempt for (scope, account, ip); account may be "" (counted per ip only).
  * Returns true when allowed; false with *ret_retry_after_s (>= 1) when over a limit.
  * *ret_local tells which limiter counted (for ratelimit_refund). */
-bool ratelimit_allow(const char *scope, const char *account, const char *ip,
-                     int *ret_retry_after_s, bool *ret_local);
+bool ratelimit_allow(const char *scope, const char *account, const char *ip, int *ret_retry_after_s,
+                     bool *ret_local);
 
 /* Gives back the attempt counted by ratelimit_allow when it succeeded (a correct password),
  * so only failures use up the limit while parallel bursts are still counted up front. */

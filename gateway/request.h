@@ -5,8 +5,8 @@
 #ifndef GW_REQUEST_H
 #define GW_REQUEST_H
 #include "envelope.pb-c.h"
-#include "routes.h"
 #include "extranet/arena.h"
+#include "routes.h"
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -14,32 +14,32 @@
 struct MHD_Connection;
 
 typedef enum {
-    GW_REQ_NEW = 0,      /* headers seen, body (if any) arriving */
-    GW_REQ_SUSPENDED,    /* handed to the loop */
-    GW_REQ_RESULT,       /* result ready: queue the response at the next handler call */
-    GW_REQ_ANSWERED,     /* response queued */
+    GW_REQ_NEW = 0,   /* headers seen, body (if any) arriving */
+    GW_REQ_SUSPENDED, /* handed to the loop */
+    GW_REQ_RESULT,    /* result ready: queue the response at the next handler call */
+    GW_REQ_ANSWERED,  /* response queued */
 } gw_req_state_t;
 
 typedef enum {
-    GW_PHASE_CALL = 0,   /* the route's own call */
-    GW_PHASE_AUTH,       /* identity.Authenticate first (session cache miss), then CALL */
-    GW_PHASE_READY,      /* a /readyz probe */
+    GW_PHASE_CALL = 0, /* the route's own call */
+    GW_PHASE_AUTH,     /* identity.Authenticate first (session cache miss), then CALL */
+    GW_PHASE_READY,    /* a /readyz probe */
 } gw_phase_t;
 
 typedef struct gw_req {
     struct MHD_Connection *conn;
     char request_id[37];
     gw_req_state_t state;
-    gw_match_t match;                 /* route (NULL route when unmatched) and path params */
-    int64_t start_us;                 /* monotonic, for the latency histogram */
+    gw_match_t match; /* route (NULL route when unmatched) and path params */
+    int64_t start_us; /* monotonic, for the latency histogram */
     char client_ip[64];
-    const char *origin;               /* allowed CORS origin (borrowed from MHD), or NULL */
+    const char *origin; /* allowed CORS origin (borrowed from MHD), or NULL */
     /* an answer decided from the headers alone, sent once the (empty) request is complete so
      * the connection stays open; 0 = none */
     int early_http;
-    const char *early_code, *early_msg;   /* static strings */
+    const char *early_code, *early_msg; /* static strings */
     bool early_preflight;
-    char allow[96];                   /* Allow header of 405 / OPTIONS */
+    char allow[96]; /* Allow header of 405 / OPTIONS */
 
     /* body, malloc'd, owned */
     char *body;
@@ -49,21 +49,21 @@ typedef struct gw_req {
 
     /* what goes to the service (owned by the request) */
     arena_t *arena;
-    Extranet__Actor actor;            /* strings point at the buffers below */
+    Extranet__Actor actor; /* strings point at the buffers below */
     char actor_user_id[40], actor_session_id[40];
     char token_sha256[65];
-    uint8_t *payload;                 /* packed request message (malloc'd) */
+    uint8_t *payload; /* packed request message (malloc'd) */
     size_t payload_len;
     gw_phase_t phase;
-    int64_t deadline_ms;              /* absolute epoch ms (envelope) */
-    int64_t deadline_mono;            /* the same deadline on the monotonic clock */
+    int64_t deadline_ms;   /* absolute epoch ms (envelope) */
+    int64_t deadline_mono; /* the same deadline on the monotonic clock */
     /* an error found while the session was still unknown: answered only once authenticated,
      * so an anonymous client learns nothing about validation (status OK = none) */
     Extranet__Status deferred_status;
     char deferred_msg[320];
 
     /* login rate limit: what to refund when the attempt succeeds */
-    const char *rate_scope;           /* static; NULL = not counted */
+    const char *rate_scope; /* static; NULL = not counted */
     char rate_account[320];
     bool rate_local;
 
@@ -71,14 +71,14 @@ typedef struct gw_req {
     Extranet__Status status;
     char message[320];
     int retry_after_s;
-    Extranet__Reply *reply;           /* unpacked with the malloc allocator, or NULL */
-    char *ready_json;                 /* /readyz body (malloc'd), or NULL */
+    Extranet__Reply *reply; /* unpacked with the malloc allocator, or NULL */
+    char *ready_json;       /* /readyz body (malloc'd), or NULL */
     bool ready_ok;
 
     /* loop bookkeeping (loop thread only) */
-    struct gw_req *q_next;            /* submit queue */
-    struct gw_req *h_next;            /* pending hash chain */
-    struct gw_req *d_prev, *d_next;   /* deadline list */
+    struct gw_req *q_next;          /* submit queue */
+    struct gw_req *h_next;          /* pending hash chain */
+    struct gw_req *d_prev, *d_next; /* deadline list */
 } gw_req_t;
 
 /* Called by the loop thread exactly once per submitted request, after writing the result:

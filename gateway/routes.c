@@ -8,11 +8,11 @@
 #include <jansson.h>
 #include <string.h>
 
-#define AUTH GW_ROUTE_AUTH
-#define MFA GW_ROUTE_MFA_OK
-#define RATE GW_ROUTE_RATE
-#define BODY GW_ROUTE_BODY
-#define DBG GW_ROUTE_DEBUG
+#define AUTH  GW_ROUTE_AUTH
+#define MFA   GW_ROUTE_MFA_OK
+#define RATE  GW_ROUTE_RATE
+#define BODY  GW_ROUTE_BODY
+#define DBG   GW_ROUTE_DEBUG
 #define ID(x) &extranet__identity__##x##__descriptor
 #define EMPTY &extranet__empty__descriptor
 
@@ -28,18 +28,18 @@ static const gw_route_t s_routes[] = {
     {"POST", "/api/v1/auth/logout", "identity.Logout", EMPTY, NULL, AUTH | MFA, 204, NULL, 0},
     /* the caller */
     {"GET", "/api/v1/me", "identity.GetMe", EMPTY, ID(user), AUTH | MFA, 200, NULL, 0},
-    {"POST", "/api/v1/me/mfa/enroll", "identity.MfaEnroll", EMPTY, ID(mfa_enroll_reply),
-     AUTH | MFA, 200, NULL, 0},
+    {"POST", "/api/v1/me/mfa/enroll", "identity.MfaEnroll", EMPTY, ID(mfa_enroll_reply), AUTH | MFA,
+     200, NULL, 0},
     {"POST", "/api/v1/me/mfa/confirm", "identity.MfaConfirm", ID(mfa_confirm_request),
      ID(mfa_confirm_reply), AUTH | MFA | BODY, 200, NULL, 0},
     {"GET", "/api/v1/me/sessions", "identity.ListSessions", EMPTY, ID(session_list), AUTH, 200,
      NULL, 0},
-    {"DELETE", "/api/v1/me/sessions", "identity.RevokeOtherSessions", EMPTY, ID(revoke_reply),
-     AUTH, 200, NULL, 0},
-    {"DELETE", "/api/v1/me/sessions/{id}", "identity.RevokeSession", ID(session_id_request),
-     NULL, AUTH, 204, NULL, 0},
-    {"POST", "/api/v1/me/password", "identity.ChangePassword", ID(change_password_request),
-     NULL, AUTH | BODY, 204, NULL, 0},
+    {"DELETE", "/api/v1/me/sessions", "identity.RevokeOtherSessions", EMPTY, ID(revoke_reply), AUTH,
+     200, NULL, 0},
+    {"DELETE", "/api/v1/me/sessions/{id}", "identity.RevokeSession", ID(session_id_request), NULL,
+     AUTH, 204, NULL, 0},
+    {"POST", "/api/v1/me/password", "identity.ChangePassword", ID(change_password_request), NULL,
+     AUTH | BODY, 204, NULL, 0},
     /* admin */
     {"GET", "/api/v1/admin/users", "identity.ListUsers", ID(list_users_request), ID(user_list),
      AUTH, 200, NULL, 0},
@@ -47,15 +47,15 @@ static const gw_route_t s_routes[] = {
      AUTH | BODY, 201, NULL, 0},
     {"GET", "/api/v1/admin/users/{id}", "identity.GetUser", ID(user_id_request), ID(user), AUTH,
      200, NULL, 0},
-    {"PATCH", "/api/v1/admin/users/{id}", "identity.UpdateUser", ID(update_user_request),
-     ID(user), AUTH | BODY, 200, NULL, 0},
+    {"PATCH", "/api/v1/admin/users/{id}", "identity.UpdateUser", ID(update_user_request), ID(user),
+     AUTH | BODY, 200, NULL, 0},
     {"POST", "/api/v1/admin/users/{id}/transfer-to-intranet", "identity.TransferToIntranet",
      ID(user_id_request), ID(user), AUTH, 200, NULL, 0},
     {"POST", "/api/v1/admin/users/{id}/reset-mfa", "identity.ResetMfa", ID(user_id_request),
      ID(user), AUTH, 200, NULL, 0},
     {"GET", "/api/v1/admin/policy", "identity.GetPolicy", EMPTY, ID(policy), AUTH, 200, NULL, 0},
-    {"PUT", "/api/v1/admin/policy", "identity.SetPolicy", ID(policy), ID(policy), AUTH | BODY,
-     200, NULL, 0},
+    {"PUT", "/api/v1/admin/policy", "identity.SetPolicy", ID(policy), ID(policy), AUTH | BODY, 200,
+     NULL, 0},
     /* tests only (EXTRANET_DEBUG_ROUTES=1): the echo service, e.g. a slow reply for 504 */
     {"GET", "/api/v1/debug/echo", "echo.Echo", &extranet__echo_request__descriptor,
      &extranet__echo_reply__descriptor, DBG, 200, NULL, 0},
@@ -64,23 +64,22 @@ static const gw_route_t s_routes[] = {
 
 static bool s_debug;
 
-const gw_route_t *routes_table(int *ret_count)
-{
+const gw_route_t *routes_table(int *ret_count) {
     *ret_count = S_NROUTES;
     return s_routes;
 }
 
-void routes_enable_debug(bool on) { s_debug = on; }
+void routes_enable_debug(bool on) {
+    s_debug = on;
+}
 
-bool routes_param_is_uuid(const char *name)
-{
+bool routes_param_is_uuid(const char *name) {
     size_t n = strlen(name);
     return strcmp(name, "id") == 0 || strcmp(name, "gid") == 0 || strcmp(name, "uid") == 0 ||
            (n > 3 && strcmp(name + n - 3, "_id") == 0);
 }
 
-int routes_check(void)
-{
+int routes_check(void) {
     for (int i = 0; i < S_NROUTES; i++) {
         const gw_route_t *r = &s_routes[i];
         if (r->builtin)
@@ -114,8 +113,7 @@ int routes_check(void)
 }
 
 /* Matches one path against one pattern segment by segment, capturing {params}. */
-static int s_match_path(const char *pattern, const char *path, gw_match_t *m)
-{
+static int s_match_path(const char *pattern, const char *path, gw_match_t *m) {
     m->nparams = 0;
     const char *p = pattern, *u = path;
     while (*p && *u) {
@@ -149,8 +147,7 @@ static int s_match_path(const char *pattern, const char *path, gw_match_t *m)
 }
 
 int routes_match(const char *method, const char *path, gw_match_t *ret, char *ret_allow,
-                 size_t allow_len)
-{
+                 size_t allow_len) {
     bool path_known = false, too_long = false;
     if (allow_len)
         ret_allow[0] = '\0';
@@ -173,8 +170,7 @@ int routes_match(const char *method, const char *path, gw_match_t *ret, char *re
         path_known = true;
         size_t used = strlen(ret_allow);
         if (used + strlen(r->http_method) + 3 < allow_len)
-            snprintf(ret_allow + used, allow_len - used, "%s%s", used ? ", " : "",
-                     r->http_method);
+            snprintf(ret_allow + used, allow_len - used, "%s%s", used ? ", " : "", r->http_method);
     }
     if (path_known) {
         size_t used = strlen(ret_allow);
@@ -186,8 +182,7 @@ int routes_match(const char *method, const char *path, gw_match_t *ret, char *re
 }
 
 /* The top-level field names of a message type, as a new JSON array (null for none). */
-static json_t *s_fields(const ProtobufCMessageDescriptor *d)
-{
+static json_t *s_fields(const ProtobufCMessageDescriptor *d) {
     if (!d)
         return json_null();
     json_t *a = json_array();
@@ -196,20 +191,18 @@ static json_t *s_fields(const ProtobufCMessageDescriptor *d)
     return a;
 }
 
-void routes_print(FILE *out)
-{
+void routes_print(FILE *out) {
     for (int i = 0; i < S_NROUTES; i++) {
         const gw_route_t *r = &s_routes[i];
-        json_t *o = json_pack(
-            "{s:s, s:s, s:s?, s:s?, s:s?, s:o, s:o, s:b, s:i, s:b, s:b, s:b, s:b}", "method",
-            r->http_method,
-            "path", r->pattern, "rpc", r->rpc, "request", r->request ? r->request->name : NULL,
-            "reply", r->reply ? r->reply->name : NULL, "request_fields", s_fields(r->request),
-            "reply_fields", s_fields(r->reply), "body", (r->flags & GW_ROUTE_BODY) != 0,
-            "status", r->success, "auth",
-            (r->flags & GW_ROUTE_AUTH) != 0, "mfa_pending_ok", (r->flags & GW_ROUTE_MFA_OK) != 0,
-            "rate_limited", (r->flags & GW_ROUTE_RATE) != 0, "debug",
-            (r->flags & GW_ROUTE_DEBUG) != 0);
+        json_t *o =
+            json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:o, s:o, s:b, s:i, s:b, s:b, s:b, s:b}",
+                      "method", r->http_method, "path", r->pattern, "rpc", r->rpc, "request",
+                      r->request ? r->request->name : NULL, "reply",
+                      r->reply ? r->reply->name : NULL, "request_fields", s_fields(r->request),
+                      "reply_fields", s_fields(r->reply), "body", (r->flags & GW_ROUTE_BODY) != 0,
+                      "status", r->success, "auth", (r->flags & GW_ROUTE_AUTH) != 0,
+                      "mfa_pending_ok", (r->flags & GW_ROUTE_MFA_OK) != 0, "rate_limited",
+                      (r->flags & GW_ROUTE_RATE) != 0, "debug", (r->flags & GW_ROUTE_DEBUG) != 0);
         if (!o)
             continue;
         char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);

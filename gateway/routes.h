@@ -9,32 +9,36 @@
 #include <stdio.h>
 
 enum {
-    GW_ROUTE_AUTH = 1 << 0,       /* needs a Bearer session */
-    GW_ROUTE_MFA_OK = 1 << 1,     /* allowed while the session is mfa_pending (R10) */
-    GW_ROUTE_RATE = 1 << 2,       /* login rate limit (per account + per client ip) */
-    GW_ROUTE_DEBUG = 1 << 3,      /* only with EXTRANET_DEBUG_ROUTES=1 */
-    GW_ROUTE_BODY = 1 << 4,       /* takes a JSON body (POST/PUT/PATCH with fields) */
+    GW_ROUTE_AUTH = 1 << 0,   /* needs a Bearer session */
+    GW_ROUTE_MFA_OK = 1 << 1, /* allowed while the session is mfa_pending (R10) */
+    GW_ROUTE_RATE = 1 << 2,   /* login rate limit (per account + per client ip) */
+    GW_ROUTE_DEBUG = 1 << 3,  /* only with EXTRANET_DEBUG_ROUTES=1 */
+    GW_ROUTE_BODY = 1 << 4,   /* takes a JSON body (POST/PUT/PATCH with fields) */
 };
 
-typedef enum { GW_BUILTIN_NONE = 0, GW_BUILTIN_HEALTHZ, GW_BUILTIN_READYZ, GW_BUILTIN_METRICS }
-    gw_builtin_t;
+typedef enum {
+    GW_BUILTIN_NONE = 0,
+    GW_BUILTIN_HEALTHZ,
+    GW_BUILTIN_READYZ,
+    GW_BUILTIN_METRICS
+} gw_builtin_t;
 
 typedef struct {
-    const char *http_method;                     /* "GET", "POST", ... */
-    const char *pattern;                         /* "/api/v1/admin/users/{id}" */
-    const char *rpc;                             /* "identity.GetUser"; NULL for built-ins */
-    const ProtobufCMessageDescriptor *request;   /* NULL for built-ins */
-    const ProtobufCMessageDescriptor *reply;     /* NULL: no body (204) */
+    const char *http_method;                   /* "GET", "POST", ... */
+    const char *pattern;                       /* "/api/v1/admin/users/{id}" */
+    const char *rpc;                           /* "identity.GetUser"; NULL for built-ins */
+    const ProtobufCMessageDescriptor *request; /* NULL for built-ins */
+    const ProtobufCMessageDescriptor *reply;   /* NULL: no body (204) */
     unsigned flags;
-    int success;                                 /* 200 / 201 / 204 */
-    const char *rate_field;                      /* body field naming the account (GW_ROUTE_RATE) */
+    int success;            /* 200 / 201 / 204 */
+    const char *rate_field; /* body field naming the account (GW_ROUTE_RATE) */
     gw_builtin_t builtin;
 } gw_route_t;
 
 #define GW_MAX_PARAMS 4
 typedef struct {
     const gw_route_t *route;
-    int index;                          /* row of route in the table (metrics label) */
+    int index; /* row of route in the table (metrics label) */
     int nparams;
     char names[GW_MAX_PARAMS][32];
     char values[GW_MAX_PARAMS][128];
