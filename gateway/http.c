@@ -81,12 +81,15 @@ static enum MHD_Result s_queue(gw_req_t *req, const char *method, int status, ch
     req->state = GW_REQ_ANSWERED;
     double secs = (double)(s_mono_us() - req->start_us) / 1e6;
     metrics_observe(req->match.route ? req->match.index : -1, method, status, secs);
-    if (status >= 500) {
-        log_set_request_id(req->request_id);
+    /* The access log: server errors always, everything with EXTRANET_LOG=debug. */
+    log_set_request_id(req->request_id);
+    if (status >= 500)
         log_info("%s %s -> %d (%.1f ms)", method,
                  req->match.route ? req->match.route->pattern : "-", status, secs * 1000);
-        log_set_request_id(NULL);
-    }
+    else
+        log_debug("%s %s -> %d (%.1f ms)", method,
+                  req->match.route ? req->match.route->pattern : "-", status, secs * 1000);
+    log_set_request_id(NULL);
     return rc;
 }
 
@@ -426,6 +429,19 @@ static enum MHD_Result s_on_complete(gw_http_t *self, gw_req_t *req, const char 
             EXTRANET__STATUS__OK)
         return s_status_error(req, method, EXTRANET__STATUS__UNAUTHENTICATED,
                               "missing, invalid or expired session", 0);
+
+    /* Idempotency-Key: passed on in the envelope for the services that honour it. */
+    const char *ik = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Idempotency-Key");
+    if (ik) {
+        size_t n = strlen(ik);
+        bool ok = n > 0 && n < sizeof req->idempotency_key;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = ik[i] > 0x20 && ik[i] < 0x7f;
+        if (!ok)
+            return s_status_error(req, method, EXTRANET__STATUS__INVALID,
+                                  "Idempotency-Key: 1 to 128 visible ASCII characters", 0);
+        memcpy(req->idempotency_key, ik, n + 1);
+    }
 
     char account[320] = "";
     req->deferred_status = s_build_payload(self, req, account, sizeof account);

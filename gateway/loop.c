@@ -134,6 +134,8 @@ static int s_send(gw_loop_t *self, gw_req_t *req) {
         env.payload.len = extranet__identity__authenticate_request__pack(&areq, abuf);
         env.payload.data = abuf;
     } else {
+        if (req->idempotency_key[0])
+            env.idempotency_key = req->idempotency_key;
         env.method = (char *)req->match.route->rpc;
         env.payload.data = req->payload;
         env.payload.len = req->payload_len;

@@ -52,6 +52,7 @@ typedef struct gw_req {
     Extranet__Actor actor; /* strings point at the buffers below */
     char actor_user_id[40], actor_session_id[40];
     char token_sha256[65];
+    char idempotency_key[129];        /* Idempotency-Key header, "" when absent */
     uint8_t *payload; /* packed request message (malloc'd) */
     size_t payload_len;
     gw_phase_t phase;

@@ -452,6 +452,14 @@ def test_debug_echo_roundtrip(cluster):
                      "invalid")
         assert_error(requests.get(gw.url + "/api/v1/debug/echo?nope=1", timeout=10), 400,
                      "invalid")
+        # Idempotency-Key is checked and passed on
+        r = requests.get(gw.url + "/api/v1/debug/echo", headers={"Idempotency-Key": "k-1"},
+                         timeout=10)
+        assert r.status_code == 200, r.text
+        for bad in ("x" * 129, "a b", "\u00e9t\u00e9"):
+            r = requests.get(gw.url + "/api/v1/debug/echo",
+                             headers={"Idempotency-Key": bad.encode("utf-8")}, timeout=10)
+            assert_error(r, 400, "invalid")
         # the service's own error goes through with its status
         assert_error(requests.get(gw.url + "/api/v1/debug/echo?sleep_ms=-1", timeout=10), 400,
                      "invalid")
