@@ -74,7 +74,7 @@ class Rpc:
         self.ctx = zmq.Context()
         self.client = Client(self.ctx, endpoint)
 
-    def call(self, method, msg, actor=ANON, reply=None, timeout=10.0):
+    def call(self, method, msg, actor=ANON, reply=None, timeout=15.0):
         """Returns (status name, message, decoded reply or None)."""
         env = self.pb.envelope
         req = env.Request(request_id=str(uuid.uuid4()), method=method,
@@ -540,3 +540,46 @@ def test_redis_stalled_revocation_is_queued_and_retried(ops, rpc, cluster):
     else:
         pytest.fail("pending invalidation not retried")
     assert cluster.redis_command("EXISTS", "sess:" + sha(tok)) == 0
+
+
+def test_concurrent_replay_of_one_code_wins_once(ops, idpb, cluster):
+    """Eight sign-ins race with the same TOTP code, then with the same recovery code, each on
+    its own mfa_token and connection: exactly one of each succeeds (conditional UPDATEs)."""
+    import threading
+    _, admin = ops.admin()
+    u, email, pw = ops.create_user(admin, kind="extranet")
+    actor = ops.actor_of(ops.login(email, pw)[2].token)
+    enroll = ops.rpc.call("identity.MfaEnroll", ops.empty(), actor=actor,
+                          reply=ops.id.MfaEnrollReply)[2]
+    totp = pyotp.TOTP(enroll.secret)
+    codes = list(ops.rpc.call("identity.MfaConfirm", ops.id.MfaConfirmRequest(code=totp.now()),
+                              actor=actor, reply=ops.id.MfaConfirmReply)[2].recovery_codes)
+
+    def race(code):
+        tokens = [ops.login(email, pw)[2].mfa_token for _ in range(8)]
+        results, barrier = [], threading.Barrier(len(tokens))
+
+        def one(tok):
+            r = Rpc(idpb, cluster.urls["broker"])
+            try:
+                barrier.wait()
+                results.append(r.call("identity.LoginMfa", ops.id.LoginMfaRequest(
+                    mfa_token=tok, code=code))[0])
+            finally:
+                r.close()
+        threads = [threading.Thread(target=one, args=(t,)) for t in tokens]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(30)
+        return results
+
+    # The losers are refused; after six failures the account's backoff answers some of them.
+    res = race(totp.at(time.time() + 30))
+    assert len(res) == 8 and res.count("OK") == 1, res
+    assert set(res) <= {"OK", "UNAUTHENTICATED", "RATE_LIMITED"}, res
+    # Seven failed sign-ins started the account's backoff; this test is not about that.
+    cluster.psql("DELETE FROM identity.login_failures")
+    res = race(codes[0])
+    assert len(res) == 8 and res.count("OK") == 1, res
+    assert set(res) <= {"OK", "UNAUTHENTICATED", "RATE_LIMITED"}, res
