@@ -361,3 +361,34 @@ def test_client_ip_is_the_rightmost_untrusted_forwarded_address(cluster, identit
         assert code("%s, 10.20.30.40, 10.0.0.1" % b) == 429           # b behind two proxies
         assert code("%s, %s" % (b, d)) == 401                         # d, not b
         assert code("garbage, %s" % d) == 429                         # d again
+
+
+def test_concurrent_requests_get_their_own_replies(cluster, api_url, admin_token):
+    """Many requests of different users in flight at once through the one loop thread: every
+    reply reaches the request it answers (matched by request_id), on both session paths."""
+    from concurrent.futures import ThreadPoolExecutor
+    users = []
+    for i in range(4):
+        email = "conc-%d-%s@example.test" % (i, secrets.token_hex(3))
+        password = "Conc-Passw0rd-" + secrets.token_hex(4)
+        r = requests.post(api_url + "/admin/users", headers=bearer(admin_token), timeout=30,
+                          json={"email": email, "display_name": "C%d" % i, "password": password})
+        assert r.status_code == 201, r.text
+        r = requests.post(api_url + "/auth/login", json={"email": email, "password": password},
+                          timeout=30)
+        assert r.status_code == 200, r.text
+        users.append((email, r.json()["token"]))
+
+    def worker(n):
+        email, token = users[n % len(users)]
+        with requests.Session() as s:
+            for k in range(15):
+                if k % 5 == 0:
+                    cluster.redis_command("DEL", sess_key(token))   # the Authenticate path
+                r = s.get(api_url + "/me", headers=bearer(token), timeout=20)
+                if r.status_code != 200 or r.json()["email"] != email:
+                    return "%s got %s %s" % (email, r.status_code, r.text[:200])
+        return None
+    with ThreadPoolExecutor(32) as ex:
+        errors = [e for e in ex.map(worker, range(32)) if e]
+    assert not errors, errors[:5]
