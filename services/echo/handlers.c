@@ -1,6 +1,7 @@
 /* The dispatch table of the echo service: echo.Echo returns the data it got, after sleeping
  * sleep_ms (capped), with the pid and handler thread that served it, so tests can see load
- * spread over threads and processes. */
+ * spread over threads and processes. echo_tick publishes the same facts as an event. */
+#include "extranet/log.h"
 #include "extranet/svc.h"
 #include <errno.h>
 #include <time.h>
@@ -27,6 +28,16 @@ static void s_echo(svc_thread_t *t, svc_call_t *call) {
     rp.worker_pid = (int32_t)getpid();
     rp.worker_thread = t->index;
     svc_reply_ok(call, &rp.base);
+}
+
+/* Tick thread: one "echo.tick" event per tick, payload EchoReply{worker_pid, worker_thread -1}. */
+void echo_tick(svc_thread_t *t) {
+    Extranet__EchoReply rp = EXTRANET__ECHO_REPLY__INIT;
+    rp.worker_pid = (int32_t)getpid();
+    rp.worker_thread = t->index;
+    int rc = ev_publish(t->events, "echo.tick", &rp.base);
+    if (rc != 0)
+        log_warn("publishing echo.tick failed (%d)", rc);
 }
 
 const svc_method_t echo_methods[] = {

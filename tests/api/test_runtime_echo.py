@@ -107,12 +107,14 @@ class Broker(Proc):
 
 
 class Echo(Proc):
-    def __init__(self, tmp, broker, threads=4, drain_ms=10000, name="echo.log", brokers=None):
+    def __init__(self, tmp, broker, threads=4, drain_ms=10000, name="echo.log", brokers=None,
+                 extra_env=None):
         brokers = brokers or [broker]
         env = {"EXTRANET_BROKER": ",".join(b.mdp for b in brokers),
                "EXTRANET_EVENTS_PUB": ",".join(b.events_pub for b in brokers),
                "EXTRANET_THREADS": str(threads), "EXTRANET_DRAIN_MS": str(drain_ms),
                "EXTRANET_LOG": "info"}
+        env.update(extra_env or {})
         super().__init__([str(ECHO_BIN)], env, os.path.join(tmp, name))
 
 
@@ -303,6 +305,17 @@ def test_runtime_missing_deadline_is_invalid(rt):
     try:
         rep = c.call(deadline_ms=0)
         assert rep.status == pb.INVALID
+    finally:
+        c.close()
+
+
+def test_runtime_overlong_request_id_is_invalid(rt):
+    c = _fresh_client(rt)
+    try:
+        c.send(rid="r" * 65)
+        rep = c.recv(5)
+        assert rep is not None
+        assert rep.status == pb.INVALID and rep.request_id == ""
     finally:
         c.close()
 
@@ -532,6 +545,52 @@ def test_runtime_drain_timeout_gives_up(tmp_path):
         assert "still busy after the drain" in echo.text()
     finally:
         c.close()
+        echo.stop()
+        broker.stop()
+        ctx.term()
+    echo.assert_clean()
+
+
+def test_runtime_tick_thread_publishes_events(tmp_path):
+    """The tick thread runs def->tick every tick_ms with its own svc_thread_t (index -1); its
+    ev_publish goes through the broker's XSUB -> XPUB forwarder as topic | extranet.Event."""
+    tmp = str(tmp_path)
+    broker = Broker(tmp)
+    echo = Echo(tmp, broker, threads=1, name="echo-tick.log",
+                extra_env={"EXTRANET_ECHO_TICK_MS": "100"})
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"echo.tick")
+    sub.connect(broker.events)
+    try:
+        events = []
+        end = time.monotonic() + 10
+        while len(events) < 5 and time.monotonic() < end:
+            if not sub.poll(200):
+                continue
+            topic, body = sub.recv_multipart()
+            assert topic == b"echo.tick"
+            ev = pb.Event()
+            ev.ParseFromString(body)
+            events.append(ev)
+        assert len(events) == 5
+        assert len({e.event_id for e in events}) == 5
+        for e in events:
+            assert str(uuid.UUID(e.event_id)) == e.event_id
+            assert e.topic == "echo.tick"
+            assert abs(e.time_ms - _now_ms()) < 10000
+            p = pb.EchoReply()
+            p.ParseFromString(e.payload)
+            assert p.worker_pid == echo.p.pid and p.worker_thread == -1
+        gaps = [b.time_ms - a.time_ms for a, b in zip(events, events[1:])]
+        assert all(80 <= g < 1000 for g in gaps), gaps
+        t0 = time.monotonic()
+        echo.p.send_signal(signal.SIGTERM)
+        assert echo.p.wait(5) == 0
+        assert time.monotonic() - t0 < 2
+    finally:
+        sub.close()
         echo.stop()
         broker.stop()
         ctx.term()

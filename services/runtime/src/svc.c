@@ -26,6 +26,8 @@
 #define REPLY_SLACK 4096
 /* After the drain, how long a handler that got STOP may take to leave before we give up. */
 #define JOIN_GRACE_MS 1000
+/* Longest request_id echoed back (ours are 36-char uuids); longer ones are refused. */
+#define REQUEST_ID_MAX 64
 /* Broker messages read from one socket per loop turn, so one busy broker cannot starve. */
 #define READ_BATCH 64
 
@@ -59,6 +61,7 @@ typedef struct {
     void *pipe_io;        /* I/O thread's end */
     void *pipe_h;         /* handler thread's end */
     arena_t *arena;
+    uint8_t spare[256];   /* the bare INTERNAL reply when the arena is exhausted */
     s_link_t links[MDP_MAX_BROKERS];
     int inflight;         /* requests handed to the handler and not yet back (I/O thread) */
 } s_worker_t;
@@ -202,6 +205,8 @@ static void s_serve(s_worker_t *w, const uint8_t *data, size_t len, uint8_t **re
     if (!req) {
         log_warn("undecodable request envelope (%zu bytes)", len);
         s_answer(&call, EXTRANET__STATUS__INVALID, "malformed request envelope");
+    } else if (strlen(req->request_id) > REQUEST_ID_MAX) {
+        s_answer(&call, EXTRANET__STATUS__INVALID, "request_id too long");
     } else {
         rep.request_id = req->request_id;
         log_set_request_id(req->request_id);
@@ -241,18 +246,16 @@ static void s_serve(s_worker_t *w, const uint8_t *data, size_t len, uint8_t **re
     size_t n = extranet__reply__get_packed_size(&rep);
     uint8_t *out = arena_alloc(w->arena, n ? n : 1);
     if (!out) {
-        /* Arena exhausted by the handler: answer with the bare status, which is tiny. */
+        /* Arena exhausted by the handler: answer with the bare status, which fits the spare
+         * buffer (request_id is at most REQUEST_ID_MAX). */
+        log_error("arena exhausted packing a %zu-byte reply", n);
         rep.status = EXTRANET__STATUS__INTERNAL;
         rep.message = "out of memory";
         rep.payload = (ProtobufCBinaryData){0, NULL};
-        n = extranet__reply__get_packed_size(&rep);
-        arena_reset(w->arena);
-        out = arena_alloc(w->arena, n);
-        if (!out) {
-            *ret_out = NULL;
-            *ret_len = 0;
-            return;
-        }
+        rep.retry_after_s = 0;
+        if (extranet__reply__get_packed_size(&rep) > sizeof w->spare)
+            rep.request_id = "";
+        out = w->spare;
     }
     *ret_len = extranet__reply__pack(&rep, out);
     *ret_out = out;
@@ -317,8 +320,7 @@ static int s_link_open(s_svc_t *svc, s_link_t *l, int b) {
         return -1;
     if (zmq_connect(l->sock, svc->brokers[b]) != 0) {
         log_error("broker %s: %s", svc->brokers[b], zmq_strerror(zmq_errno()));
-        zmq_close(l->sock);
-        l->sock = NULL;
+        mdp_sock_close(&l->sock);
         return -1;
     }
     l->gen++;
@@ -333,9 +335,7 @@ static int s_link_open(s_svc_t *svc, s_link_t *l, int b) {
 }
 
 static int s_link_reopen(s_svc_t *svc, s_link_t *l, int b) {
-    if (l->sock)
-        zmq_close(l->sock);
-    l->sock = NULL;
+    mdp_sock_close(&l->sock);
     return s_link_open(svc, l, b);
 }
 
@@ -619,11 +619,8 @@ out:
         s_hdr_t stop = {.type = H_STOP};
         if (zmq_send(w->pipe_io, &stop, sizeof stop, ZMQ_DONTWAIT) < 0)
             log_error("handler %ld: stop: %s", i, zmq_strerror(zmq_errno()));
-        for (int b = 0; b < nb; b++) {
-            if (w->links[b].sock)
-                zmq_close(w->links[b].sock);
-            w->links[b].sock = NULL;
-        }
+        for (int b = 0; b < nb; b++)
+            mdp_sock_close(&w->links[b].sock);
     }
     free(items);
     return ret;
@@ -639,7 +636,8 @@ static void *s_io_main(void *arg) {
 /* ---------------------------------------------------------------- the tick thread */
 
 static void s_abs_after(struct timespec *ts, int64_t ms) {
-    clock_gettime(CLOCK_MONOTONIC, ts);
+    if (clock_gettime(CLOCK_MONOTONIC, ts) != 0)
+        *ts = (struct timespec){0, 0}; /* cannot fail for CLOCK_MONOTONIC; wait 0 if it did */
     ts->tv_sec += ms / 1000;
     ts->tv_nsec += (ms % 1000) * 1000000L;
     if (ts->tv_nsec >= 1000000000L) {
@@ -829,10 +827,9 @@ static bool s_stop_threads(s_svc_t *svc) {
         (void)pthread_cond_broadcast(&svc->cv);
         (void)pthread_mutex_unlock(&svc->mu);
     }
+    /* The I/O thread drains first (the tick thread may be inside a long call meanwhile);
+     * the tick thread and the handlers then get JOIN_GRACE_MS. */
     int rc;
-    if (svc->tick_running && (rc = pthread_join(svc->tick_tid, NULL)) != 0)
-        log_error("pthread_join: %s", strerror(rc));
-    svc->tick_running = false;
     if (svc->io_running) {
         if (!atomic_load(&svc->io_exited) && zmq_send(svc->ctl_main, "stop", 4, 0) < 0)
             log_error("stop I/O thread: %s", zmq_strerror(zmq_errno()));
@@ -850,8 +847,18 @@ static bool s_stop_threads(s_svc_t *svc) {
     }
     bool all = true;
     struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
+    if (clock_gettime(CLOCK_REALTIME, &until) != 0)
+        until = (struct timespec){0, 0};
     until.tv_sec += JOIN_GRACE_MS / 1000;
+    if (svc->tick_running) {
+        rc = pthread_timedjoin_np(svc->tick_tid, NULL, &until);
+        if (rc == 0) {
+            svc->tick_running = false;
+        } else {
+            log_error("tick thread still busy after the drain");
+            all = false;
+        }
+    }
     for (long i = 0; svc->workers && i < svc->nthreads; i++) {
         s_worker_t *w = &svc->workers[i];
         if (!w->running)
@@ -873,19 +880,15 @@ static void s_teardown(s_svc_t *svc) {
         if (w->opened)
             s_thread_close(svc, &w->t, true);
         arena_destroy(&w->arena);
-        if (w->pipe_io)
-            zmq_close(w->pipe_io);
-        if (w->pipe_h)
-            zmq_close(w->pipe_h);
+        mdp_sock_close(&w->pipe_io);
+        mdp_sock_close(&w->pipe_h);
     }
     free(svc->workers);
     svc->workers = NULL;
     if (svc->tick_opened)
         s_thread_close(svc, &svc->tick, true);
-    if (svc->ctl_io)
-        zmq_close(svc->ctl_io);
-    if (svc->ctl_main)
-        zmq_close(svc->ctl_main);
+    mdp_sock_close(&svc->ctl_io);
+    mdp_sock_close(&svc->ctl_main);
     if (svc->zctx) {
         while (zmq_ctx_term(svc->zctx) != 0 && zmq_errno() == EINTR) {
         }
