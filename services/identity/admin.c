@@ -158,9 +158,7 @@ void admin_update_user(svc_thread_t *t, svc_call_t *call) {
         (req->expires_at[0] && call_invalid_or_reply(call, rules_rfc3339_check(req->expires_at))))
         return;
     if (req->expires_at[0] && req->clear_expires_at) {
-        svc_fail(call, EXTRANET__STATUS__INVALID,
-                 "expires_at and clear_expires_at exclude "
-                 "each other");
+        svc_fail(call, EXTRANET__STATUS__INVALID, "give expires_at or clear_expires_at, not both");
         return;
     }
     store_user_t before;

@@ -25,7 +25,8 @@ const pg_stmt_t identity_statements[] = {
     {"user_by_id", "SELECT " USER_COLS "FROM users u WHERE u.id = $1::uuid", 1},
     {"user_insert",
      "INSERT INTO users (email, display_name, kind, password_hash, expires_at) "
-     "VALUES (lower($1), $2, $3, $4, $5::timestamptz) RETURNING id::text AS id",
+     "VALUES (lower($1), $2, $3, $4, date_trunc('second', $5::timestamptz)) "
+     "RETURNING id::text AS id",
      5},
     {"admin_first",
      "INSERT INTO users (email, display_name, kind, password_hash) "
@@ -38,7 +39,8 @@ const pg_stmt_t identity_statements[] = {
     {"user_update",
      "UPDATE users SET display_name = coalesce($2, display_name), status = coalesce($3, status), "
      "expires_at = CASE WHEN $5::boolean THEN NULL "
-     "                  WHEN $4::timestamptz IS NOT NULL THEN $4::timestamptz "
+     "                  WHEN $4::timestamptz IS NOT NULL THEN date_trunc('second', "
+     "$4::timestamptz) "
      "                  ELSE expires_at END, "
      "updated_at = now() WHERE id = $1::uuid RETURNING id",
      5},

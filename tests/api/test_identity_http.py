@@ -423,3 +423,17 @@ def test_failed_logins_back_off_exponentially_known_or_not(api, admin):
     for _ in range(5):
         error_of(api.login(u["email"], "Wrong-Passw0rd"), 401, "unauthenticated")
     assert api.login(u["email"], PASSWORD).status_code == 200
+
+
+def test_expires_at_normalized_to_utc_seconds(api, admin):
+    u = new_user(api, admin, expires_at="2030-01-01T00:00:00.750+01:00")
+    assert u["expires_at"] == "2029-12-31T23:00:00Z"
+    r = api.call("PATCH", "/admin/users/" + u["id"], admin,
+                 {"expires_at": "2031-06-01T12:30:15.999Z"})
+    assert r.status_code == 200 and r.json()["expires_at"] == "2031-06-01T12:30:15Z", r.text
+    error_of(api.call("PATCH", "/admin/users/" + u["id"], admin,
+                      {"expires_at": "2031-06-01T12:30:15Z", "clear_expires_at": True}),
+             400, "invalid")
+    r = api.call("PATCH", "/admin/users/" + u["id"], admin, {"clear_expires_at": True})
+    assert r.status_code == 200 and r.json()["expires_at"] == ""
+    assert api.login(u["email"], PASSWORD).status_code == 200
