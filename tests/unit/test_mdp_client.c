@@ -6,7 +6,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
+
+#include <cmocka.h> /* after the four headers it needs */
 
 #include "extranet/mdp.h"
 #include "extranet/rpc.h"
@@ -195,7 +196,7 @@ static void test_client_malformed_replies(void **state) {
     s_close_all(f, n);
 
     const char *bad[][5] = {
-        {"", "MDPC02", "svc", "body", NULL}, /* wrong protocol */
+        {"", "MDPC02", "svc", "body", NULL},  /* wrong protocol */
         {"x", "MDPC01", "svc", "body", NULL}, /* no empty delimiter */
         {"", "MDPC01", "svc", NULL, NULL},    /* no body */
         {"", "MDPC01", "", "body", NULL},     /* empty service */
@@ -281,8 +282,8 @@ static void *s_fake_broker(void *arg) {
     int n = s_recv_all(fk->router, f, 8, 5000);
     if (n != 5)
         return NULL;
-    Extranet__Request *req = extranet__request__unpack(NULL, zmq_msg_size(&f[4]),
-                                                       zmq_msg_data(&f[4]));
+    Extranet__Request *req =
+        extranet__request__unpack(NULL, zmq_msg_size(&f[4]), zmq_msg_data(&f[4]));
     if (req) {
         snprintf(fk->method, sizeof fk->method, "%s", req->method);
         fk->deadline_ms = req->deadline_ms;
@@ -327,8 +328,8 @@ static void *s_fake_broker(void *arg) {
     return NULL;
 }
 
-static int s_rpc_id(fx_t *fx, rpc_t *rpc, int mode, int64_t timeout_ms, fake_t *fk,
-                    const char *rid, ProtobufCMessage **ret, char *err, size_t errlen) {
+static int s_rpc_id(fx_t *fx, rpc_t *rpc, int mode, int64_t timeout_ms, fake_t *fk, const char *rid,
+                    ProtobufCMessage **ret, char *err, size_t errlen) {
     memset(fk, 0, sizeof *fk);
     fk->router = fx->router[0];
     fk->mode = mode;
@@ -437,9 +438,9 @@ static void test_rpc_call_bad_input(void **state) {
                      ERR_STATUS(EXTRANET__STATUS__INVALID));
     assert_int_equal(rpc_call(rpc, "a.", NULL, NULL, dl, NULL, NULL, NULL, NULL, 0),
                      ERR_STATUS(EXTRANET__STATUS__INVALID));
-    assert_int_equal(rpc_call(rpc, "a.B", NULL, NULL, util_now_ms() - 1, NULL, NULL, NULL, err,
-                              sizeof err),
-                     ERR_STATUS(EXTRANET__STATUS__DEADLINE_EXCEEDED));
+    assert_int_equal(
+        rpc_call(rpc, "a.B", NULL, NULL, util_now_ms() - 1, NULL, NULL, NULL, err, sizeof err),
+        ERR_STATUS(EXTRANET__STATUS__DEADLINE_EXCEEDED));
     rpc_destroy(&fx->rpc);
 }
 

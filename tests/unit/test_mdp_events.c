@@ -5,7 +5,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-#include <cmocka.h>
+
+#include <cmocka.h> /* after the four headers it needs */
 
 #include "extranet/events.h"
 #include "extranet/util.h"
@@ -17,7 +18,7 @@
 
 typedef struct {
     void *zctx;
-    void *pub[2];  /* stand-ins for two brokers' XPUB sides */
+    void *pub[2]; /* stand-ins for two brokers' XPUB sides */
     ev_sub_t *sub;
 } fx_t;
 
@@ -213,8 +214,8 @@ static void test_publish_wire_format(void **state) {
     assert_true(util_uuid_valid(ev->event_id));
     assert_string_equal(ev->topic, "test.wire");
     assert_true(ev->time_ms >= t0 && ev->time_ms <= util_now_ms());
-    Extranet__EchoRequest *p = extranet__echo_request__unpack(NULL, ev->payload.len,
-                                                             ev->payload.data);
+    Extranet__EchoRequest *p =
+        extranet__echo_request__unpack(NULL, ev->payload.len, ev->payload.data);
     assert_non_null(p);
     assert_int_equal(p->sleep_ms, 42);
     extranet__echo_request__free_unpacked(p, NULL);
@@ -231,8 +232,7 @@ static void test_publish_wire_format(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_duplicate_from_second_broker_skipped, setup,
-                                        teardown),
+        cmocka_unit_test_setup_teardown(test_duplicate_from_second_broker_skipped, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ring_evicts_old_ids, setup, teardown),
         cmocka_unit_test_setup_teardown(test_topic_prefix_filter, setup, teardown),
         cmocka_unit_test_setup_teardown(test_malformed_dropped, setup, teardown),

@@ -13,7 +13,7 @@
 
 /* Recent event ids remembered per subscriber. Two brokers deliver a copy within milliseconds
  * of each other, so a few hundred covers any realistic burst between the two copies. */
-#define EV_SEEN 512
+#define EV_SEEN   512
 #define TOPIC_MAX 255
 /* A publisher lingers this long at close so the last events before shutdown still leave. */
 #define PUB_LINGER_MS 200
@@ -25,8 +25,8 @@ struct ev_pub {
 struct ev_sub {
     int n;
     void *socks[MDP_MAX_BROKERS];
-    int next;                     /* fair scan start */
-    char seen[EV_SEEN][37];       /* ring of recent event ids */
+    int next;               /* fair scan start */
+    char seen[EV_SEEN][37]; /* ring of recent event ids */
     uint64_t seen_hash[EV_SEEN];
     int seen_next;
 };
@@ -66,8 +66,7 @@ ev_pub_t *ev_pub_new(void *zctx, const char *endpoints) {
 void ev_pub_destroy(ev_pub_t **self_p) {
     if (!self_p || !*self_p)
         return;
-    if ((*self_p)->sock)
-        zmq_close((*self_p)->sock);
+    mdp_sock_close(&(*self_p)->sock);
     free(*self_p);
     *self_p = NULL;
 }
@@ -155,7 +154,7 @@ void ev_sub_destroy(ev_sub_t **self_p) {
     if (!self_p || !*self_p)
         return;
     for (int i = 0; i < (*self_p)->n; i++)
-        zmq_close((*self_p)->socks[i]);
+        mdp_sock_close(&(*self_p)->socks[i]);
     free(*self_p);
     *self_p = NULL;
 }

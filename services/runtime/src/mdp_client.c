@@ -1,8 +1,8 @@
 /* The client half of Majordomo 7/MDP (MDPC01): one DEALER per broker, round-robin sends with a
  * suspect broker tried last, and strict validation of what comes back. Also the framing helpers
  * (mdp_int.h) the worker side in svc.c and events.c share. */
-#include "extranet/mdp.h"
 #include "extranet/log.h"
+#include "extranet/mdp.h"
 #include "extranet/util.h"
 #include "mdp_int.h"
 #include <errno.h>
@@ -33,29 +33,40 @@ void *mdp_sock_new(void *zctx, int type, int linger_ms) {
     if (zmq_setsockopt(s, ZMQ_LINGER, &linger_ms, sizeof linger_ms) != 0 ||
         zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0) {
         log_error("zmq_setsockopt: %s", zmq_strerror(zmq_errno()));
-        zmq_close(s);
+        mdp_sock_close(&s);
         return NULL;
     }
     return s;
 }
 
+void mdp_sock_close(void **sock_p) {
+    if (!sock_p || !*sock_p)
+        return;
+    if (zmq_close(*sock_p) != 0)
+        log_error("zmq_close: %s", zmq_strerror(zmq_errno()));
+    *sock_p = NULL;
+}
+
 void mdp_frames_close(zmq_msg_t *frames, int n) {
-    for (int i = 0; i < n; i++)
-        zmq_msg_close(&frames[i]);
+    for (int i = 0; i < n; i++) {
+        if (zmq_msg_close(&frames[i]) != 0)
+            log_error("zmq_msg_close: %s", zmq_strerror(zmq_errno()));
+    }
 }
 
 int mdp_frames_recv(void *sock, zmq_msg_t *frames, int max, int *ret_n, bool dontwait) {
     int n = 0;
     bool too_many = false;
     for (;;) {
-        zmq_msg_t scratch;
+        zmq_msg_t scratch; /* frames past max are read into it and dropped */
+        memset(&scratch, 0, sizeof scratch);
         zmq_msg_t *m = n < max ? &frames[n] : &scratch;
         if (zmq_msg_init(m) != 0)
             return -errno;
         int flags = (n == 0 && dontwait) ? ZMQ_DONTWAIT : 0;
         if (zmq_msg_recv(m, sock, flags) < 0) {
             int err = zmq_errno();
-            zmq_msg_close(m);
+            mdp_frames_close(m, 1);
             mdp_frames_close(frames, n < max ? n : max);
             return -err;
         }
@@ -64,7 +75,7 @@ int mdp_frames_recv(void *sock, zmq_msg_t *frames, int max, int *ret_n, bool don
             n++;
         } else {
             too_many = true;
-            zmq_msg_close(m);
+            mdp_frames_close(m, 1);
         }
         if (!more)
             break;
@@ -116,8 +127,7 @@ mdp_client_t *mdp_client_new(void *zctx, const char *brokers) {
         if (s && (zmq_setsockopt(s, ZMQ_IMMEDIATE, &immediate, sizeof immediate) != 0 ||
                   zmq_connect(s, items[i]) != 0)) {
             log_error("broker %s: %s", items[i], zmq_strerror(zmq_errno()));
-            zmq_close(s);
-            s = NULL;
+            mdp_sock_close(&s);
         }
         if (s)
             self->socks[self->n++] = s;
@@ -136,7 +146,7 @@ void mdp_client_destroy(mdp_client_t **self_p) {
         return;
     mdp_client_t *self = *self_p;
     for (int i = 0; i < self->n; i++)
-        zmq_close(self->socks[i]);
+        mdp_sock_close(&self->socks[i]);
     free(self);
     *self_p = NULL;
 }

@@ -15,6 +15,8 @@
 /* A new socket of `type` with ZMQ_LINGER linger_ms and ZMQ_MAXMSGSIZE MDP_MAX_FRAME.
  * NULL on failure (logged). The caller closes it with zmq_close. */
 void *mdp_sock_new(void *zctx, int type, int linger_ms);
+/* Closes *sock_p (NULL-safe) and sets it to NULL; a failure (a bug: not a socket) is logged. */
+void mdp_sock_close(void **sock_p);
 
 /* Receives one whole message (ZMQ_DONTWAIT when dontwait) into frames[0..max-1], each an
  * initialized zmq_msg_t the caller closes with mdp_frames_close (on success only). Returns 0

@@ -12,7 +12,7 @@
 #include <time.h>
 
 /* How often a send is retried while no broker connection is up yet (ZMQ_IMMEDIATE). */
-#define RESEND_MS 20
+#define RESEND_MS   20
 #define SERVICE_MAX 255
 
 struct rpc {
@@ -98,8 +98,8 @@ static int s_wait(rpc_t *self, const char *request_id, int64_t deadline_ms,
     }
 }
 
-int rpc_call(rpc_t *self, const char *method, const Extranet__Actor *actor,
-             const char *request_id, int64_t deadline_ms, const ProtobufCMessage *request,
+int rpc_call(rpc_t *self, const char *method, const Extranet__Actor *actor, const char *request_id,
+             int64_t deadline_ms, const ProtobufCMessage *request,
              const ProtobufCMessageDescriptor *reply_desc, ProtobufCMessage **ret_reply,
              char *errbuf, size_t errlen) {
     if (ret_reply)
@@ -177,8 +177,8 @@ int rpc_call(rpc_t *self, const char *method, const Extranet__Actor *actor,
     if (st != EXTRANET__STATUS__OK) {
         rc = s_fail(errbuf, errlen, st, reply->message);
     } else if (reply_desc && ret_reply) {
-        *ret_reply = protobuf_c_message_unpack(reply_desc, NULL, reply->payload.len,
-                                               reply->payload.data);
+        *ret_reply =
+            protobuf_c_message_unpack(reply_desc, NULL, reply->payload.len, reply->payload.data);
         if (!*ret_reply)
             rc = s_fail(errbuf, errlen, EXTRANET__STATUS__INTERNAL, "undecodable reply payload");
     }

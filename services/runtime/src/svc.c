@@ -44,10 +44,10 @@ typedef struct {
 /* One MDP worker session: a DEALER to one broker on behalf of one handler thread. */
 typedef struct {
     void *sock;
-    uint32_t gen;         /* bumped on every reconnect */
-    int64_t heard_ms;     /* last time the broker spoke (or we finished work for it) */
-    int outstanding;      /* requests taken on this session and not yet answered */
-    bool disconnected;    /* DISCONNECT sent during shutdown; no more heartbeats */
+    uint32_t gen;      /* bumped on every reconnect */
+    int64_t heard_ms;  /* last time the broker spoke (or we finished work for it) */
+    int outstanding;   /* requests taken on this session and not yet answered */
+    bool disconnected; /* DISCONNECT sent during shutdown; no more heartbeats */
 } s_link_t;
 
 struct s_svc;
@@ -55,15 +55,15 @@ struct s_svc;
 typedef struct {
     struct s_svc *svc;
     svc_thread_t t;
-    bool opened;          /* t's resources exist (and thread_init ran) */
+    bool opened; /* t's resources exist (and thread_init ran) */
     pthread_t tid;
     bool running;
-    void *pipe_io;        /* I/O thread's end */
-    void *pipe_h;         /* handler thread's end */
+    void *pipe_io; /* I/O thread's end */
+    void *pipe_h;  /* handler thread's end */
     arena_t *arena;
-    uint8_t spare[256];   /* the bare INTERNAL reply when the arena is exhausted */
+    uint8_t spare[256]; /* the bare INTERNAL reply when the arena is exhausted */
     s_link_t links[MDP_MAX_BROKERS];
-    int inflight;         /* requests handed to the handler and not yet back (I/O thread) */
+    int inflight; /* requests handed to the handler and not yet back (I/O thread) */
 } s_worker_t;
 
 typedef struct s_svc {
@@ -90,7 +90,9 @@ typedef struct s_svc {
 
 static atomic_bool s_stop;
 
-bool svc_stopping(void) { return atomic_load(&s_stop); }
+bool svc_stopping(void) {
+    return atomic_load(&s_stop);
+}
 
 /* ---------------------------------------------------------------- replies (handler side) */
 
@@ -106,8 +108,8 @@ void svc_reply_ok(svc_call_t *call, const ProtobufCMessage *msg) {
     if (!msg)
         return;
     size_t len = protobuf_c_message_get_packed_size(msg);
-    uint8_t *buf = len <= MDP_MAX_FRAME - REPLY_SLACK ? arena_alloc(call->arena, len ? len : 1)
-                                                      : NULL;
+    uint8_t *buf =
+        len <= MDP_MAX_FRAME - REPLY_SLACK ? arena_alloc(call->arena, len ? len : 1) : NULL;
     if (!buf) {
         log_error("reply of %zu bytes does not fit", len);
         call->status = EXTRANET__STATUS__INTERNAL;
@@ -224,8 +226,8 @@ static void s_serve(s_worker_t *w, const uint8_t *data, size_t len, uint8_t **re
         } else {
             const ProtobufCMessage *msg = NULL;
             if (m->request)
-                msg = protobuf_c_message_unpack(m->request, al, req->payload.len,
-                                                req->payload.data);
+                msg =
+                    protobuf_c_message_unpack(m->request, al, req->payload.len, req->payload.data);
             if (m->request && !msg) {
                 s_answer(&call, EXTRANET__STATUS__INVALID, "malformed payload");
             } else {
@@ -591,8 +593,7 @@ static int s_io_run(s_svc_t *svc) {
                         goto out;
                     }
                     if (rc < 0) {
-                        log_warn("broker %s: %s; reconnecting", svc->brokers[b],
-                                 zmq_strerror(-rc));
+                        log_warn("broker %s: %s; reconnecting", svc->brokers[b], zmq_strerror(-rc));
                         if (s_link_reopen(svc, &w->links[b], b) != 0) {
                             ret = -1;
                             goto out;
