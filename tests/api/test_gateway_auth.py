@@ -392,3 +392,41 @@ def test_concurrent_requests_get_their_own_replies(cluster, api_url, admin_token
     with ThreadPoolExecutor(32) as ex:
         errors = [e for e in ex.map(worker, range(32)) if e]
     assert not errors, errors[:5]
+
+
+def test_hung_redis_is_a_miss_not_a_hang(cluster, identity, admin_token):
+    """A Redis that accepts connections but never answers (paused, overloaded): session
+    lookups time out quickly, fall back to identity.Authenticate, and answer correctly."""
+    import socket
+    import threading
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(64)
+    held = []
+    stop = threading.Event()
+
+    def accept_and_ignore():
+        lsock.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(lsock.accept()[0])
+            except OSError:
+                pass
+    t = threading.Thread(target=accept_and_ignore, daemon=True)
+    t.start()
+    try:
+        env = {"EXTRANET_REDIS": "127.0.0.1:%d" % lsock.getsockname()[1]}
+        with rate_gateway(cluster, **env) as gw:
+            t0 = time.monotonic()
+            for _ in range(10):
+                r = requests.get(gw.url + "/api/v1/me", headers=bearer(admin_token), timeout=15)
+                assert r.status_code == 200, r.text
+                assert_error(requests.get(gw.url + "/api/v1/me", headers=bearer("B" * 43),
+                                          timeout=15), 401, "unauthenticated")
+            assert time.monotonic() - t0 < 8
+    finally:
+        stop.set()
+        t.join()
+        for s in held:
+            s.close()
+        lsock.close()
