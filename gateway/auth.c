@@ -62,8 +62,44 @@ static rds_t *s_rds(void) {
     return r;
 }
 
-rds_t *auth_thread_redis(void) {
+#define S_BREAK_MIN_MS 1000
+#define S_BREAK_MAX_MS 10000
+#define S_SLOW_MS      100
+
+static int64_t s_skip_until; /* monotonic ms; 0 = Redis in use (atomic) */
+static int64_t s_backoff;    /* length of the current window, ms (atomic) */
+
+rds_t *auth_redis_acquire(int64_t *ret_started_ms) {
+    int64_t until = __atomic_load_n(&s_skip_until, __ATOMIC_ACQUIRE);
+    int64_t now = util_mono_ms();
+    if (until) {
+        if (now < until)
+            return NULL;
+        /* The window is over: one thread probes, the others keep skipping meanwhile. */
+        int64_t b = __atomic_load_n(&s_backoff, __ATOMIC_RELAXED);
+        if (!__atomic_compare_exchange_n(&s_skip_until, &until, now + b, false, __ATOMIC_ACQ_REL,
+                                         __ATOMIC_RELAXED))
+            return NULL;
+    }
+    *ret_started_ms = now;
     return s_rds();
+}
+
+void auth_redis_release(bool ok, int64_t started_ms) {
+    int64_t now = util_mono_ms();
+    if (ok && now - started_ms < S_SLOW_MS) {
+        if (__atomic_exchange_n(&s_skip_until, 0, __ATOMIC_ACQ_REL) != 0) {
+            __atomic_store_n(&s_backoff, 0, __ATOMIC_RELAXED);
+            log_info("redis: answering again; session cache and rate limits back in use");
+        }
+        return;
+    }
+    int64_t b = __atomic_load_n(&s_backoff, __ATOMIC_RELAXED);
+    b = b ? (b * 2 > S_BREAK_MAX_MS ? S_BREAK_MAX_MS : b * 2) : S_BREAK_MIN_MS;
+    __atomic_store_n(&s_backoff, b, __ATOMIC_RELAXED);
+    __atomic_store_n(&s_skip_until, now + b, __ATOMIC_RELEASE);
+    log_warn("redis: %s; skipped for %lld ms (sessions from identity, local rate limits)",
+             ok ? "slow answer" : "no answer", (long long)b);
 }
 
 void auth_actor_anonymous(gw_req_t *req) {
@@ -136,10 +172,12 @@ static Extranet__Status s_apply(gw_req_t *req, const char *user_id, const char *
 }
 
 int auth_cache_lookup(gw_req_t *req) {
-    rds_t *r = s_rds();
+    int64_t started;
+    rds_t *r = auth_redis_acquire(&started);
     if (!r)
         return 0;
     redisReply *rep = rds_command(r, "HGETALL sess:%s", req->token_sha256);
+    auth_redis_release(rep != NULL, started);
     if (!rep)
         return 0;
     const char *user_id = NULL, *kind = NULL, *session_id = NULL, *mfa = NULL, *until = NULL;

@@ -10,14 +10,21 @@
 #include "extranet/rds.h"
 #include "identity.pb-c.h"
 #include "request.h"
+#include <stdbool.h>
+#include <stdint.h>
 
 /* redis_url is copied. Returns 0 or -ENOMEM. */
 int auth_init(const char *redis_url) WUR;
 void auth_fini(void);
 
 /* This thread's Redis connection (borrowed; freed at thread exit), shared with the rate
- * limiter. NULL on OOM. */
-rds_t *auth_thread_redis(void);
+ * limiter, behind a process-wide breaker: after a failed or slow (> 100 ms) call every thread
+ * skips Redis (a miss) for 1 s, doubling up to 10 s while one thread at a time probes again,
+ * so a paused Redis blocks libmicrohttpd threads once per window, not once per request.
+ * NULL when skipped (or on OOM); then do not call auth_redis_release. */
+rds_t *auth_redis_acquire(int64_t *ret_started_ms);
+/* Reports how the call(s) on the acquired connection went. */
+void auth_redis_release(bool ok, int64_t started_ms);
 
 /* Sets req->actor to anonymous with req->client_ip. */
 void auth_actor_anonymous(gw_req_t *req);

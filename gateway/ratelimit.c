@@ -94,7 +94,8 @@ bool ratelimit_allow(const char *scope, const char *account, const char *ip, int
     *ret_local = false;
     long long window_ms = (long long)s_cfg.window_s * 1000;
 
-    rds_t *r = auth_thread_redis();
+    int64_t started = 0;
+    rds_t *r = auth_redis_acquire(&started);
     redisReply *reps[6] = {0};
     int ncmd = 0;
     bool redis_ok = r != NULL;
@@ -109,7 +110,11 @@ bool ratelimit_allow(const char *scope, const char *account, const char *ip, int
                    rds_append(r, "PEXPIRE rl:%s:ip:%s %lld NX", scope, hi, window_ms) == 0 &&
                    rds_append(r, "PTTL rl:%s:ip:%s", scope, hi) == 0;
     ncmd += 3;
-    if (redis_ok && rds_pipeline(r, ncmd, reps) == 0) {
+    if (redis_ok)
+        redis_ok = rds_pipeline(r, ncmd, reps) == 0;
+    if (r)
+        auth_redis_release(redis_ok, started);
+    if (redis_ok) {
         long long wait_ms = 0;
         bool over = false, bad = false;
         for (int i = 0; i < ncmd; i += 3) {
@@ -161,13 +166,15 @@ void ratelimit_refund(const char *scope, const char *account, const char *ip, bo
         pthread_mutex_unlock(&s_mu);
         return;
     }
-    rds_t *r = auth_thread_redis();
+    int64_t started = 0;
+    rds_t *r = auth_redis_acquire(&started);
     if (!r)
         return;
     redisReply *rep = k.has_account
                           ? rds_command(r, "EVAL %s 2 rl:%s:ip:%s rl:%s:a:%s", s_refund_lua, scope,
                                         k.hi, scope, k.ha)
                           : rds_command(r, "EVAL %s 1 rl:%s:ip:%s", s_refund_lua, scope, k.hi);
+    auth_redis_release(rep != NULL, started);
     if (rep)
         freeReplyObject(rep); /* best effort: a lost refund only makes the limit stricter */
 }

@@ -423,7 +423,7 @@ def test_hung_redis_is_a_miss_not_a_hang(cluster, identity, admin_token):
                 assert r.status_code == 200, r.text
                 assert_error(requests.get(gw.url + "/api/v1/me", headers=bearer("B" * 43),
                                           timeout=15), 401, "unauthenticated")
-            assert time.monotonic() - t0 < 8
+            assert time.monotonic() - t0 < 4, time.monotonic() - t0   # not 1 s per request
     finally:
         stop.set()
         t.join()
