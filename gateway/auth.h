@@ -18,7 +18,7 @@ int auth_init(const char *redis_url) WUR;
 void auth_fini(void);
 
 /* This thread's Redis connection (borrowed; freed at thread exit), shared with the rate
- * limiter, behind a process-wide breaker: after a failed or slow (> 100 ms) call every thread
+ * limiter, behind a process-wide breaker: after a failed or slow (> 500 ms) call every thread
  * skips Redis (a miss) for 1 s, doubling up to 10 s while one thread at a time probes again,
  * so a paused Redis blocks libmicrohttpd threads once per window, not once per request.
  * NULL when skipped (or on OOM); then do not call auth_redis_release. */
