@@ -64,7 +64,7 @@ static rds_t *s_rds(void) {
 
 #define S_BREAK_MIN_MS 1000
 #define S_BREAK_MAX_MS 10000
-#define S_SLOW_MS      100
+#define S_SLOW_MS      500 /* far above any healthy answer, even on a loaded machine */
 
 static int64_t s_skip_until; /* monotonic ms; 0 = Redis in use (atomic) */
 static int64_t s_backoff;    /* length of the current window, ms (atomic) */
