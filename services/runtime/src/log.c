@@ -24,6 +24,10 @@ static _Thread_local char s_request_id[LOG_REQUEST_ID_MAX];
 
 static const char *const s_level_names[] = {"debug", "info", "warn", "error"};
 
+const char *log_service(void) {
+    return s_service;
+}
+
 void log_init(const char *service) {
     if (service && *service)
         snprintf(s_service, sizeof s_service, "%s", service);

@@ -9,6 +9,8 @@ typedef enum { LOG_DEBUG = 0, LOG_INFO, LOG_WARN, LOG_ERROR } log_level_t;
 /* Sets the service name and the level from EXTRANET_LOG (debug|info|warn|error; info). */
 void log_init(const char *service);
 /* The request id of this thread's current work (copied, thread-local); NULL clears. */
+/* The service name given to log_init (static storage; "extranet" before). */
+const char *log_service(void);
 void log_set_request_id(const char *request_id);
 const char *log_request_id(void);
 void log_write(log_level_t level, const char *file, const char *func, int line,
