@@ -2,6 +2,7 @@
  * Adding an endpoint = one row here + its schema in docs/openapi.yaml (test_openapi.py checks
  * that the two agree). Matching is a linear scan over a few dozen rows: cheaper than a trie. */
 #include "routes.h"
+#include "audit.pb-c.h"
 #include "envelope.pb-c.h"
 #include "identity.pb-c.h"
 #include <errno.h>
@@ -15,6 +16,7 @@
 #define DBG   GW_ROUTE_DEBUG
 #define ID(x) &extranet__identity__##x##__descriptor
 #define EMPTY &extranet__empty__descriptor
+#define AU(x) &extranet__audit__##x##__descriptor
 
 static const gw_route_t s_routes[] = {
     {"GET", "/healthz", NULL, NULL, NULL, 0, 200, NULL, GW_BUILTIN_HEALTHZ},
@@ -56,6 +58,13 @@ static const gw_route_t s_routes[] = {
     {"GET", "/api/v1/admin/policy", "identity.GetPolicy", EMPTY, ID(policy), AUTH, 200, NULL, 0},
     {"PUT", "/api/v1/admin/policy", "identity.SetPolicy", ID(policy), ID(policy), AUTH | BODY, 200,
      NULL, 0},
+    /* audit (admins only; services/audit/README.md) */
+    {"GET", "/api/v1/admin/audit", "audit.Query", AU(query_request), AU(query_reply), AUTH, 200,
+     NULL, 0},
+    {"GET", "/api/v1/admin/audit/export", "audit.Export", AU(export_request), AU(export_reply),
+     AUTH, 200, NULL, 0},
+    {"GET", "/api/v1/admin/audit/verify", "audit.Verify", EMPTY, AU(verify_reply), AUTH, 200, NULL,
+     0},
     /* tests only (EXTRANET_DEBUG_ROUTES=1): the echo service, e.g. a slow reply for 504 */
     {"GET", "/api/v1/debug/echo", "echo.Echo", &extranet__echo_request__descriptor,
      &extranet__echo_reply__descriptor, DBG, 200, NULL, 0},
