@@ -1,0 +1,346 @@
+/* Invitation handlers (R13): invite by email (mailed through identity.SendMail), list, revoke,
+ * anonymous lookup, redeem anonymously (new extranet account) or signed in as the invited
+ * email. A token is 32 random bytes (base64url); only its SHA-256 is stored. Redeeming claims
+ * the row with one conditional UPDATE, so of twenty racing requests one wins. */
+#include "extranet/log.h"
+#include "extranet/util.h"
+#include "handlers.h"
+#include "store.h"
+#include <errno.h>
+#include <sodium.h>
+#include <stdio.h>
+#include <string.h>
+#include <strings.h>
+
+#define HASH_LEN 64
+
+static void s_token_new(char token[RULES_TOKEN_LEN + 1], char hash[HASH_LEN + 1]) {
+    unsigned char rnd[32];
+    randombytes_buf(rnd, sizeof rnd);
+    sodium_bin2base64(token, RULES_TOKEN_LEN + 1, rnd, sizeof rnd,
+                      sodium_base64_VARIANT_URLSAFE_NO_PADDING);
+    sodium_memzero(rnd, sizeof rnd);
+    unsigned char d[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(d, (const unsigned char *)token, strlen(token));
+    sodium_bin2hex(hash, HASH_LEN + 1, d, sizeof d);
+}
+
+/* The hash of a token as the caller sent it; false (answered NOT_FOUND) when it cannot be a
+ * token: a malformed token answers exactly like an unknown one. */
+static bool s_token_hash_or_reply(svc_call_t *call, const char *token, char hash[HASH_LEN + 1]) {
+    if (!rules_token_shape(token)) {
+        svc_fail(call, EXTRANET__STATUS__NOT_FOUND, RULES_NOT_FOUND);
+        return false;
+    }
+    unsigned char d[crypto_hash_sha256_BYTES];
+    crypto_hash_sha256(d, (const unsigned char *)token, strlen(token));
+    sodium_bin2hex(hash, HASH_LEN + 1, d, sizeof d);
+    return true;
+}
+
+static void s_unavailable(svc_call_t *call, const char *what) {
+    svc_fail(call, EXTRANET__STATUS__UNAVAILABLE, "%s is unavailable, please retry", what);
+}
+
+/* The caller's kind, role and the group, answering NOT_FOUND when it is hidden (R1). */
+static Extranet__Membership__Group *s_group(svc_thread_t *t, svc_call_t *call, const char *gid,
+                                            ukind_t *ret_kind, mrole_t *ret_role) {
+    if (!call_user_or_reply(call, ret_kind) || !call_gid_or_reply(call, gid) ||
+        !call_role_or_reply(t, call, gid, ret_role) ||
+        !call_verdict_or_reply(call, rules_group_view(*ret_kind, *ret_role)))
+        return NULL;
+    Extranet__Membership__Group *g = NULL;
+    int rc = store_group_get(t->pg, call->arena, gid, call->req->actor->user_id, &g);
+    if (rc != 0) {
+        call_store_fail(call, rc, NULL);
+        return NULL;
+    }
+    return g;
+}
+
+static int s_send_mail(svc_thread_t *t, svc_call_t *call, const char *to, const char *subject,
+                       const char *body) {
+    Extranet__Identity__SendMailRequest m = EXTRANET__IDENTITY__SEND_MAIL_REQUEST__INIT;
+    m.to = (char *)to;
+    m.subject = (char *)subject;
+    m.body = (char *)body;
+    char err[160] = "";
+    int rc = call_identity(t, call, "identity.SendMail", &m.base, NULL, NULL, err, sizeof err);
+    if (rc != 0)
+        log_warn("identity.SendMail failed (%d: %s)", rc, err);
+    return rc;
+}
+
+/* Adds an existing employee (or admin) invited by email straight away. */
+static void s_add_employee(svc_thread_t *t, svc_call_t *call, const char *gid,
+                           const Extranet__Identity__User *u) {
+    bool added = false;
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = store_member_ensure(t->pg, gid, u->id, u->kind, &added)) != 0 ||
+        (rc = store_pending_add(t->pg, u->id)) != 0 || (rc = pg_commit(t->pg)) != 0) {
+        pg_rollback(t->pg);
+        call_store_fail(call, rc, NULL);
+        return;
+    }
+    char *users[] = {u->id};
+    const char *roles[] = {"member"};
+    if (call_after_change(t, gid, users, roles, 1, "added") != 0)
+        log_warn("member cache of %s not cleared yet (tick retries)", u->id);
+    Extranet__Membership__Invitation inv = EXTRANET__MEMBERSHIP__INVITATION__INIT;
+    inv.group_id = (char *)gid;
+    inv.email = u->email;
+    inv.state = "added";
+    inv.invited_by = call->req->actor->user_id;
+    svc_reply_ok(call, &inv.base);
+}
+
+void invitations_create(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Membership__InviteRequest *req = (const void *)call->msg;
+    ukind_t k;
+    mrole_t role;
+    Extranet__Membership__Group *g = s_group(t, call, req->gid, &k, &role);
+    if (!g)
+        return;
+    gkind_t gk = strcmp(g->kind, "extranet") == 0 ? GKIND_EXTRANET : GKIND_INTERNAL;
+    if (!call_verdict_or_reply(call, rules_invite(k, role, gk, g->archived)))
+        return;
+    const char *err = rules_email_check(req->email);
+    if (err) {
+        svc_fail(call, EXTRANET__STATUS__INVALID, "%s", err);
+        return;
+    }
+    /* An employee's address adds the employee (inviters are employees or admins, who may see
+     * every employee, R4); an extranet account or an unknown address gets the invitation. */
+    Extranet__Identity__EmailRequest er = EXTRANET__IDENTITY__EMAIL_REQUEST__INIT;
+    er.email = req->email;
+    ProtobufCMessage *rep = NULL;
+    char ierr[160] = "";
+    int rc = call_identity(t, call, "identity.LookupEmail", &er.base,
+                           &extranet__identity__user__descriptor, &rep, ierr, sizeof ierr);
+    if (rc == 0) {
+        const Extranet__Identity__User *u = (const void *)rep;
+        if (strcmp(u->kind, "extranet") != 0) {
+            s_add_employee(t, call, req->gid, u);
+            protobuf_c_message_free_unpacked(rep, NULL);
+            return;
+        }
+        protobuf_c_message_free_unpacked(rep, NULL);
+    } else if (rc != ERR_STATUS(EXTRANET__STATUS__NOT_FOUND)) {
+        log_warn("identity.LookupEmail failed (%d: %s)", rc, ierr);
+        s_unavailable(call, "identity");
+        return;
+    }
+    char token[RULES_TOKEN_LEN + 1], hash[HASH_LEN + 1];
+    s_token_new(token, hash);
+    Extranet__Membership__Invitation *inv = NULL;
+    rc = store_invitation_insert(t->pg, call->arena, req->gid, req->email, hash,
+                                 call->req->actor->user_id, membership_cfg.invitation_ttl_s, &inv);
+    if (rc != 0) {
+        sodium_memzero(token, sizeof token);
+        call_store_fail(call, rc, "conflict");
+        return;
+    }
+    char *subject = arena_printf(call->arena, "Invitation to %.150s", g->name);
+    char *body = arena_printf(
+        call->arena,
+        "Hello,\n\nyou are invited to join the workgroup \"%s\".\n\n"
+        "Open this link to accept the invitation (valid until %s):\n\n%s/invitations/%s\n\n"
+        "If you did not expect this invitation, ignore this mail.\n\n-- extranet\n",
+        g->name, inv->expires_at, membership_cfg.public_url, token);
+    sodium_memzero(token, sizeof token);
+    if (!subject || !body) {
+        svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
+        return;
+    }
+    for (char *p = subject; *p; p++) /* a group name never breaks the header line */
+        if (*p == '\r' || *p == '\n')
+            *p = ' ';
+    if (s_send_mail(t, call, inv->email, subject, body) != 0) {
+        /* Nobody can redeem an invitation whose token was never delivered: withdraw it. */
+        if (store_invitation_revoke(t->pg, inv->id) != 0)
+            log_warn("invitation %s: could not withdraw after the mail failed", inv->id);
+        s_unavailable(call, "mail");
+        return;
+    }
+    log_info("invitation %s to group %s created by %s", inv->id, req->gid,
+             call->req->actor->user_id);
+    svc_reply_ok(call, &inv->base);
+}
+
+void invitations_list(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Membership__GroupIdRequest *req = (const void *)call->msg;
+    ukind_t k;
+    mrole_t role;
+    if (!s_group(t, call, req->gid, &k, &role) ||
+        !call_verdict_or_reply(call, rules_invitations_manage(k, role)))
+        return;
+    Extranet__Membership__InvitationList reply = EXTRANET__MEMBERSHIP__INVITATION_LIST__INIT;
+    int rc = store_invitations_list(t->pg, call->arena, req->gid, &reply.invitations,
+                                    &reply.n_invitations);
+    if (rc != 0) {
+        call_store_fail(call, rc, NULL);
+        return;
+    }
+    svc_reply_ok(call, &reply.base);
+}
+
+void invitations_revoke(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Membership__InvitationIdRequest *req = (const void *)call->msg;
+    ukind_t k;
+    mrole_t role;
+    if (!s_group(t, call, req->gid, &k, &role) ||
+        !call_verdict_or_reply(call, rules_invitations_manage(k, role)) ||
+        !call_gid_or_reply(call, req->id))
+        return;
+    /* An invitation of another group is not found here, whoever asks. */
+    char *gid = NULL;
+    int rc = store_invitation_group(t->pg, call->arena, req->id, &gid);
+    if (rc == 0 && strcasecmp(gid, req->gid) != 0)
+        rc = -ENOENT;
+    if (rc != 0) {
+        call_store_fail(call, rc, NULL);
+        return;
+    }
+    rc = store_invitation_revoke(t->pg, req->id);
+    if (rc == -ENOENT) {
+        svc_fail(call, EXTRANET__STATUS__CONFLICT, "the invitation is no longer pending");
+        return;
+    }
+    if (rc != 0) {
+        call_store_fail(call, rc, NULL);
+        return;
+    }
+    log_info("invitation %s revoked by %s", req->id, call->req->actor->user_id);
+    svc_reply_ok(call, NULL);
+}
+
+void invitations_lookup(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Membership__TokenRequest *req = (const void *)call->msg;
+    char hash[HASH_LEN + 1];
+    if (!s_token_hash_or_reply(call, req->token, hash))
+        return;
+    /* Only the invitation's own fields: never whether an account exists for the email (R13). */
+    Extranet__Membership__InvitationInfo *info = NULL;
+    int rc = store_invitation_lookup(t->pg, call->arena, hash, &info);
+    if (rc != 0) {
+        call_store_fail(call, rc, NULL);
+        return;
+    }
+    svc_reply_ok(call, &info->base);
+}
+
+/* Commits the membership of user_id from the claimed invitation c. Returns 0 or answers. */
+static int s_finish(svc_thread_t *t, svc_call_t *call, const store_claim_t *c,
+                    const char *user_id, const char *kind) {
+    bool added = false;
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = store_member_ensure(t->pg, c->group_id, user_id, kind, &added)) != 0 ||
+        (rc = store_invitation_finish(t->pg, c->id, user_id)) != 0 ||
+        (rc = store_pending_add(t->pg, user_id)) != 0 || (rc = pg_commit(t->pg)) != 0) {
+        pg_rollback(t->pg);
+        call_store_fail(call, rc, NULL);
+        return -1;
+    }
+    char *users[] = {(char *)user_id};
+    const char *roles[] = {"member"};
+    if (call_after_change(t, c->group_id, users, roles, 1, "added") != 0)
+        log_warn("member cache of %s not cleared yet (tick retries)", user_id);
+    log_info("invitation %s accepted by %s", c->id, user_id);
+    return 0;
+}
+
+static void s_reply_accepted(svc_call_t *call, const store_claim_t *c) {
+    Extranet__Membership__AcceptReply r = EXTRANET__MEMBERSHIP__ACCEPT_REPLY__INIT;
+    r.email = c->email;
+    r.group_id = c->group_id;
+    svc_reply_ok(call, &r.base);
+}
+
+void invitations_accept(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Membership__AcceptRequest *req = (const void *)call->msg;
+    char hash[HASH_LEN + 1];
+    if (!s_token_hash_or_reply(call, req->token, hash))
+        return;
+    if (!req->password[0]) {
+        svc_fail(call, EXTRANET__STATUS__INVALID, "password is required");
+        return;
+    }
+    store_claim_t c;
+    int rc = store_invitation_claim(t->pg, call->arena, hash, NULL, &c);
+    if (rc != 0) {
+        call_store_fail(call, rc, NULL);
+        return;
+    }
+    Extranet__Identity__CreateExtranetAccountRequest cr =
+        EXTRANET__IDENTITY__CREATE_EXTRANET_ACCOUNT_REQUEST__INIT;
+    cr.email = c.email;
+    cr.display_name = req->display_name;
+    cr.password = req->password;
+    ProtobufCMessage *rep = NULL;
+    char ierr[160] = "";
+    rc = call_identity(t, call, "identity.CreateExtranetAccount", &cr.base,
+                       &extranet__identity__user__descriptor, &rep, ierr, sizeof ierr);
+    if (rc == 0) {
+        const Extranet__Identity__User *u = (const void *)rep;
+        char *uid = arena_strdup(call->arena, u->id);
+        protobuf_c_message_free_unpacked(rep, NULL);
+        if (!uid) {
+            svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
+            return;
+        }
+        if (s_finish(t, call, &c, uid, "extranet") == 0)
+            s_reply_accepted(call, &c);
+        return;
+    }
+    /* Not redeemed: the invitation goes back to pending for its rightful redeemer. */
+    if (store_invitation_unclaim(t->pg, c.id) != 0)
+        log_warn("invitation %s stays claimed until its claim lapses", c.id);
+    if (rc == ERR_STATUS(EXTRANET__STATUS__CONFLICT)) {
+        /* The address already has an account. It redeems only when signed in as that address;
+         * the answer here is the same as for a new account (R13), and the owner of the
+         * mailbox learns by mail what to do. */
+        char *body = arena_printf(
+            call->arena,
+            "Hello,\n\nsomeone tried to accept an invitation for this address, which already "
+            "has an account.\nSign in with your existing account and open the invitation link "
+            "again to join.\nIf this was not you, no action is needed.\n\n-- extranet\n");
+        if (!body || s_send_mail(t, call, c.email, "Your invitation", body) != 0)
+            log_warn("invitation %s: notice to the existing account not sent", c.id);
+        s_reply_accepted(call, &c);
+        return;
+    }
+    if (rc == ERR_STATUS(EXTRANET__STATUS__INVALID)) {
+        svc_fail(call, EXTRANET__STATUS__INVALID, "%s", ierr);
+        return;
+    }
+    log_warn("identity.CreateExtranetAccount failed (%d: %s)", rc, ierr);
+    s_unavailable(call, "identity");
+}
+
+void invitations_join(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Membership__TokenRequest *req = (const void *)call->msg;
+    ukind_t k;
+    char hash[HASH_LEN + 1];
+    if (!call_user_or_reply(call, &k) || !s_token_hash_or_reply(call, req->token, hash))
+        return;
+    muser_t *me = NULL;
+    int rc = call_user(t, call, call->req->actor->user_id, &me);
+    if (rc != 0 || !me) {
+        s_unavailable(call, "identity");
+        return;
+    }
+    /* Only the invited address redeems it: another account's claim finds no row, and answers
+     * like an unknown token. */
+    store_claim_t c;
+    if ((rc = store_invitation_claim(t->pg, call->arena, hash, me->email, &c)) != 0) {
+        call_store_fail(call, rc, NULL);
+        return;
+    }
+    /* Invitations exist for extranet groups only, where every kind may be a member (R2). */
+    if (s_finish(t, call, &c, me->id, me->kind) == 0)
+        s_reply_accepted(call, &c);
+    else if (store_invitation_unclaim(t->pg, c.id) != 0)
+        log_warn("invitation %s stays claimed until its claim lapses", c.id);
+}
