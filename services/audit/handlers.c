@@ -262,6 +262,7 @@ static int s_csv_field(char **buf, size_t *len, size_t *cap, const char *s, bool
     } else {
         *p++ = ',';
     }
+    *p = '\0'; /* need counted it: the text stays a C string after every field */
     *len = (size_t)(p - *buf);
     return 0;
 }

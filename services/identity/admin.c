@@ -84,8 +84,15 @@ static void s_create_user(svc_thread_t *t, svc_call_t *call, const char *email,
         return;
     }
     Extranet__Identity__User *u = NULL;
-    int rc = store_user_insert(t->pg, call->arena, email, display_name, kind, hash,
-                               expires_at[0] ? expires_at : NULL, &u);
+    char details[64];
+    snprintf(details, sizeof details, "{\"kind\":\"%s\"}", kind);
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = store_user_insert(t->pg, call->arena, email, display_name, kind, hash,
+                                expires_at[0] ? expires_at : NULL, &u)) != 0 ||
+        (rc = call_audit(t, call, NULL, "user.created", "user", u->id, "ok", details)) != 0 ||
+        (rc = pg_commit(t->pg)) != 0)
+        pg_rollback(t->pg);
     if (rc == -EEXIST) {
         svc_fail(call, EXTRANET__STATUS__CONFLICT, "a user with this email already exists");
         return;
@@ -175,6 +182,15 @@ void admin_update_user(svc_thread_t *t, svc_call_t *call) {
     }
     bool expiry_changed =
         req->expires_at[0] || (req->clear_expires_at && before.user->expires_at[0]);
+    bool reactivate = !strcmp(req->status, "active") && !strcmp(before.user->status, "deactivated");
+    const char *action = deactivate   ? "user.deactivated"
+                         : reactivate ? "user.reactivated"
+                                      : "user.updated";
+    /* which fields changed, never their values (names and dates stay in identity) */
+    char details[160];
+    snprintf(details, sizeof details, "{\"display_name\":%s,\"status\":%s,\"expires_at\":%s}",
+             req->display_name[0] ? "true" : "false", req->status[0] ? "true" : "false",
+             expiry_changed ? "true" : "false");
     store_hashes_t h = {0};
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_user_update(t->pg, req->id, req->display_name[0] ? req->display_name : NULL,
@@ -184,7 +200,8 @@ void admin_update_user(svc_thread_t *t, svc_call_t *call) {
         (deactivate && (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ALL, req->id,
                                                    NULL, &h)) != 0) ||
         (!deactivate && expiry_changed &&
-         (rc = store_sessions_invalidate_user(t->pg, call->arena, req->id, &h)) != 0)) {
+         (rc = store_sessions_invalidate_user(t->pg, call->arena, req->id, &h)) != 0) ||
+        (rc = call_audit(t, call, NULL, action, "user", req->id, "ok", details)) != 0) {
         pg_rollback(t->pg);
         call_store_fail(call, rc, "user");
         return;
@@ -233,8 +250,12 @@ void admin_deactivate(svc_thread_t *t, svc_call_t *call) {
         return;
     }
     bool revoke = changed || !strcmp(u.user->status, "deactivated") || !u.usable;
-    if (revoke && (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ALL, req->id, NULL,
-                                              &h)) != 0) {
+    /* A timer that finds nothing to do (expires_at moved or cleared) leaves no record. */
+    if ((revoke && (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ALL, req->id, NULL,
+                                               &h)) != 0) ||
+        ((changed || !by_timer) &&
+         (rc = call_audit(t, call, NULL, by_timer ? "user.expired" : "user.deactivated", "user",
+                          req->id, "ok", changed ? NULL : "{\"changed\":false}")) != 0)) {
         pg_rollback(t->pg);
         call_store_fail(call, rc, "user");
         return;
@@ -257,8 +278,12 @@ void admin_reactivate(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Identity__UserIdRequest *req = (const void *)call->msg;
     if (!call_allowed_or_reply(call, ACCESS_ADMIN) || !call_uuid_or_reply(call, "id", req->id))
         return;
-    int rc = store_user_update(t->pg, req->id, NULL, "active", NULL, false);
-    if (rc != 0) {
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = store_user_update(t->pg, req->id, NULL, "active", NULL, false)) != 0 ||
+        (rc = call_audit(t, call, NULL, "user.reactivated", "user", req->id, "ok", NULL)) != 0 ||
+        (rc = pg_commit(t->pg)) != 0) {
+        pg_rollback(t->pg);
         call_store_fail(call, rc, "user");
         return;
     }
@@ -283,7 +308,8 @@ void admin_transfer(svc_thread_t *t, svc_call_t *call) {
     /* Memberships live in membership and stay (R12); sessions go so the new kind applies. */
     store_hashes_t h = {0};
     if ((rc = pg_begin(t->pg)) != 0 || (rc = store_user_transfer(t->pg, req->id)) != 0 ||
-        (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ALL, req->id, NULL, &h))) {
+        (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ALL, req->id, NULL, &h)) ||
+        (rc = call_audit(t, call, NULL, "user.transferred", "user", req->id, "ok", NULL))) {
         pg_rollback(t->pg);
         if (rc == -ENOENT)
             svc_fail(call, EXTRANET__STATUS__CONFLICT, "only extranet users can be transferred");
@@ -308,7 +334,8 @@ void admin_reset_mfa(svc_thread_t *t, svc_call_t *call) {
     /* A reset usually means a lost or compromised device: every session goes too. */
     store_hashes_t h = {0};
     if ((rc = pg_begin(t->pg)) != 0 || (rc = store_mfa_delete(t->pg, req->id)) != 0 ||
-        (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ALL, req->id, NULL, &h))) {
+        (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ALL, req->id, NULL, &h)) ||
+        (rc = call_audit(t, call, NULL, "user.mfa_reset", "user", req->id, "ok", NULL))) {
         pg_rollback(t->pg);
         call_store_fail(call, rc, "user");
         return;
@@ -346,8 +373,14 @@ void admin_set_policy(svc_thread_t *t, svc_call_t *call) {
     /* Cached sessions carry mfa_pending, which follows extranet_mfa_required: when it
      * changes, every extranet session's cache entry goes, in the same transaction. */
     bool mfa_changed = before.extranet_mfa_required != req->extranet_mfa_required;
+    char details[128];
+    snprintf(details, sizeof details,
+             "{\"extranet_mfa_required\":%s,\"extranet_public_links_allowed\":%s}",
+             req->extranet_mfa_required ? "true" : "false",
+             req->extranet_public_links_allowed ? "true" : "false");
     if ((rc = pg_begin(t->pg)) != 0 || (rc = store_policy_set(t->pg, req)) != 0 ||
         (mfa_changed && (rc = store_sessions_invalidate_extranet(t->pg, call->arena, &h)) != 0) ||
+        (rc = call_audit(t, call, NULL, "policy.changed", "policy", NULL, "ok", details)) != 0 ||
         (rc = pg_commit(t->pg)) != 0) {
         pg_rollback(t->pg);
         call_store_fail(call, rc, "policy");

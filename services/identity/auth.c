@@ -15,17 +15,26 @@
 
 #define BAD_LOGIN "invalid email or password"
 
-static int s_session_or_reply(svc_thread_t *t, svc_call_t *call, const char *user_id,
-                              char **ret_token) {
+/* Creates the session of a completed sign-in and its audit record (action, details) in one
+ * transaction; fills *ret_token (arena) or answers and returns -1. */
+static int s_session_or_reply(svc_thread_t *t, svc_call_t *call, const Extranet__Identity__User *u,
+                              const char *action, const char *details, char **ret_token) {
+    const char *user_id = u->id;
     char token[SESSIONS_TOKEN_LEN + 1], hash[SESSIONS_HASH_LEN + 1], sid[37];
     const Extranet__Actor *a = call_actor(call);
     char ip[65] = "";
     if (a && a->client_ip)
         snprintf(ip, sizeof ip, "%s", a->client_ip);
     sessions_token_new(token, hash);
-    int rc = store_session_insert(t->pg, hash, user_id, ip, identity_cfg.idle_s, identity_cfg.max_s,
-                                  sid);
-    if (rc != 0) {
+    Extranet__Actor as;
+    int rc;
+    call_actor_as(call, user_id, u->kind, sid, &as);
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = store_session_insert(t->pg, hash, user_id, ip, identity_cfg.idle_s,
+                                   identity_cfg.max_s, sid)) != 0 ||
+        (rc = call_audit(t, call, &as, action, "user", user_id, "ok", details)) != 0 ||
+        (rc = pg_commit(t->pg)) != 0) {
+        pg_rollback(t->pg);
         sodium_memzero(token, sizeof token);
         call_store_fail(call, rc, "session");
         return -1;
@@ -55,12 +64,13 @@ static int s_enroll_required(svc_thread_t *t, svc_call_t *call, const Extranet__
     return 0;
 }
 
-static void s_reply_login(svc_thread_t *t, svc_call_t *call, Extranet__Identity__User *u) {
+static void s_reply_login(svc_thread_t *t, svc_call_t *call, Extranet__Identity__User *u,
+                          const char *action, const char *details) {
     Extranet__Identity__LoginReply reply = EXTRANET__IDENTITY__LOGIN_REPLY__INIT;
     bool pending = false;
     if (s_enroll_required(t, call, u, &pending) != 0)
         return;
-    if (s_session_or_reply(t, call, u->id, &reply.token) != 0)
+    if (s_session_or_reply(t, call, u, action, details, &reply.token) != 0)
         return;
     reply.user = u;
     reply.mfa_enrollment_required = pending;
@@ -82,17 +92,27 @@ static bool s_backoff_or_reply(svc_thread_t *t, svc_call_t *call, const char *ac
     int wait = 0;
     if (store_login_wait(t->pg, account, &wait) != 0 || wait <= 0)
         return false; /* the gateway's limiter still holds if the table cannot be read */
+    call_audit_alone(t, call, NULL, "auth.login_failed", NULL, NULL, "denied",
+                     "{\"reason\":\"rate_limited\"}");
     svc_fail(call, EXTRANET__STATUS__RATE_LIMITED,
              "too many failed sign-ins; try again in %d seconds", wait);
     call->retry_after_s = wait;
     return true;
 }
 
-/* Counts a failed sign-in and answers UNAUTHENTICATED. */
+/* Counts a failed sign-in, audits it (action; user_id NULL for an unknown email) in the same
+ * transaction and answers UNAUTHENTICATED. */
 static void s_fail_login(svc_thread_t *t, svc_call_t *call, const char *account,
-                         const char *message) {
-    if (store_login_failed(t->pg, account) != 0)
-        log_warn("could not record a failed sign-in");
+                         const char *message, const char *action, const char *user_id,
+                         const char *details) {
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 || (rc = store_login_failed(t->pg, account)) != 0 ||
+        (rc = call_audit(t, call, NULL, action, user_id ? "user" : NULL, user_id, "fail",
+                         details)) != 0 ||
+        (rc = pg_commit(t->pg)) != 0) {
+        pg_rollback(t->pg);
+        log_warn("could not record a failed sign-in (%d)", rc);
+    }
     svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "%s", message);
 }
 
@@ -110,7 +130,8 @@ void auth_login(svc_thread_t *t, svc_call_t *call) {
     int rc = store_user_by_email(t->pg, call->arena, req->email, &u);
     if (rc == -ENOENT) {
         password_verify_dummy(req->password); /* same time as a known email */
-        s_fail_login(t, call, account, BAD_LOGIN);
+        s_fail_login(t, call, account, BAD_LOGIN, "auth.login_failed", NULL,
+                     "{\"reason\":\"unknown_account\"}");
         return;
     }
     if (rc != 0) {
@@ -119,7 +140,8 @@ void auth_login(svc_thread_t *t, svc_call_t *call) {
     }
     if (!password_verify(u.password_hash, req->password) || !u.usable) {
         log_info("login refused for user %s", u.user->id);
-        s_fail_login(t, call, account, BAD_LOGIN);
+        s_fail_login(t, call, account, BAD_LOGIN, "auth.login_failed", u.user->id,
+                     u.usable ? "{\"reason\":\"bad_password\"}" : "{\"reason\":\"not_usable\"}");
         return;
     }
     if (password_needs_rehash(u.password_hash)) {
@@ -132,8 +154,14 @@ void auth_login(svc_thread_t *t, svc_call_t *call) {
         char token[SESSIONS_TOKEN_LEN + 1], hash[SESSIONS_HASH_LEN + 1];
         const Extranet__Actor *a = call_actor(call);
         sessions_token_new(token, hash);
-        rc = store_mfa_token_insert(t->pg, hash, u.user->id, a ? a->client_ip : "");
-        if (rc != 0) {
+        Extranet__Actor as;
+        call_actor_as(call, u.user->id, u.user->kind, NULL, &as);
+        if ((rc = pg_begin(t->pg)) != 0 ||
+            (rc = store_mfa_token_insert(t->pg, hash, u.user->id, a ? a->client_ip : "")) != 0 ||
+            (rc = call_audit(t, call, &as, "auth.login", "user", u.user->id, "mfa_required",
+                             NULL)) != 0 ||
+            (rc = pg_commit(t->pg)) != 0) {
+            pg_rollback(t->pg);
             sodium_memzero(token, sizeof token);
             call_store_fail(call, rc, "mfa token");
             return;
@@ -153,7 +181,7 @@ void auth_login(svc_thread_t *t, svc_call_t *call) {
     if (store_login_ok(t->pg, account) != 0)
         log_warn("could not reset the sign-in backoff of user %s", u.user->id);
     log_info("login of user %s", u.user->id);
-    s_reply_login(t, call, u.user);
+    s_reply_login(t, call, u.user, "auth.login", NULL);
 }
 
 /* Checks a recovery code against the user's unused ones; true when one matched and was
@@ -218,6 +246,8 @@ void auth_login_mfa(svc_thread_t *t, svc_call_t *call) {
     sessions_token_hash(req->mfa_token, hash);
     int rc = store_mfa_token_try(t->pg, call->arena, hash, &user_id, &tries);
     if (rc == -ENOENT) {
+        call_audit_alone(t, call, NULL, "auth.mfa_failed", NULL, NULL, "fail",
+                         "{\"reason\":\"bad_mfa_token\"}");
         svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "invalid or expired mfa_token");
         return;
     }
@@ -229,6 +259,8 @@ void auth_login_mfa(svc_thread_t *t, svc_call_t *call) {
     rc = store_user_by_id(t->pg, call->arena, user_id, &u);
     if (rc != 0 || !u.usable) {
         s_mfa_token_drop(t, hash);
+        call_audit_alone(t, call, NULL, "auth.mfa_failed", "user", user_id, "fail",
+                         "{\"reason\":\"not_usable\"}");
         svc_fail(call, EXTRANET__STATUS__UNAUTHENTICATED, "invalid or expired mfa_token");
         return;
     }
@@ -246,7 +278,8 @@ void auth_login_mfa(svc_thread_t *t, svc_call_t *call) {
         if (tries >= 5)
             s_mfa_token_drop(t, hash); /* used up: log in again */
         log_info("2FA code refused for user %s (try %d)", user_id, tries);
-        s_fail_login(t, call, account, "invalid code");
+        s_fail_login(t, call, account, "invalid code", "auth.mfa_failed", user_id,
+                     "{\"reason\":\"bad_code\"}");
         return;
     }
     /* Taking the token is what makes it single-use when two requests race with it. */
@@ -260,7 +293,8 @@ void auth_login_mfa(svc_thread_t *t, svc_call_t *call) {
         call_notice(t, u.user, "A recovery code was used",
                     "One of your 2FA recovery codes was just used to sign in to your account.");
     log_info("login with 2FA of user %s%s", user_id, recovery ? " (recovery code)" : "");
-    s_reply_login(t, call, u.user);
+    s_reply_login(t, call, u.user, recovery ? "auth.mfa_recovery_used" : "auth.login",
+                  recovery ? "{\"mfa\":\"recovery\"}" : "{\"mfa\":\"totp\"}");
 }
 
 void auth_logout(svc_thread_t *t, svc_call_t *call) {
@@ -268,9 +302,14 @@ void auth_logout(svc_thread_t *t, svc_call_t *call) {
         return;
     const Extranet__Actor *a = call_actor(call);
     store_hashes_t h;
-    int rc =
-        store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ONE, a->user_id, a->session_id, &h);
-    if (rc != 0) {
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ONE, a->user_id, a->session_id,
+                                    &h)) != 0 ||
+        (rc = call_audit(t, call, NULL, "auth.logout", "session", a->session_id, "ok", NULL)) !=
+            0 ||
+        (rc = pg_commit(t->pg)) != 0) {
+        pg_rollback(t->pg);
         call_store_fail(call, rc, "session");
         return;
     }

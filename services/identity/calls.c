@@ -3,6 +3,7 @@
  * Redis invalidation + session.revoked, security notices, expiry timers. */
 #include "calls.h"
 #include "expiry.pb-c.h"
+#include "extranet/audit.h"
 #include "extranet/log.h"
 #include "extranet/util.h"
 #include "password.h"
@@ -171,3 +172,34 @@ void call_expiry(svc_thread_t *t, svc_call_t *call, const char *user_id, const c
 }
 
 /* Creates a session for u and fills reply->token. Returns 0 or answers and returns -1. */
+
+int call_audit(svc_thread_t *t, const svc_call_t *call, const Extranet__Actor *actor,
+               const char *action, const char *target_type, const char *target_id,
+               const char *outcome, const char *details) {
+    return audit_record(t->pg, actor ? actor : call->req->actor, action, target_type, target_id,
+                        NULL, outcome, call->req->request_id, details);
+}
+
+void call_audit_alone(svc_thread_t *t, const svc_call_t *call, const Extranet__Actor *actor,
+                      const char *action, const char *target_type, const char *target_id,
+                      const char *outcome, const char *details) {
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = call_audit(t, call, actor, action, target_type, target_id, outcome, details)) != 0 ||
+        (rc = pg_commit(t->pg)) != 0) {
+        pg_rollback(t->pg);
+        log_error("audit record %s not written (%d)", action, rc);
+    }
+}
+
+void call_actor_as(const svc_call_t *call, const char *user_id, const char *kind,
+                   const char *session_id, Extranet__Actor *out) {
+    const Extranet__Actor *a = call->req->actor;
+    extranet__actor__init(out);
+    out->user_id = (char *)user_id;
+    out->session_id = (char *)(session_id ? session_id : "");
+    out->client_ip = a && a->client_ip ? a->client_ip : "";
+    out->kind = !strcmp(kind, "admin")      ? EXTRANET__ACTOR_KIND__ADMIN
+                : !strcmp(kind, "employee") ? EXTRANET__ACTOR_KIND__EMPLOYEE
+                                            : EXTRANET__ACTOR_KIND__EXTRANET;
+}

@@ -39,4 +39,21 @@ void call_notice(svc_thread_t *t, const Extranet__Identity__User *u, const char 
 /* Registers (due_at) or cancels (NULL) the user.expire timer with expiry as SYSTEM; failures
  * are logged only (authentication enforces expires_at itself, R9). */
 void call_expiry(svc_thread_t *t, svc_call_t *call, const char *user_id, const char *due_at);
+
+/* Audit (services/audit/README.md lists the actions). Writes one record for this call through
+ * t->pg inside the caller's open transaction; actor NULL = the call's actor, target_type /
+ * target_id / details (a JSON object, ids only) may be NULL. outcome: ok | fail |
+ * mfa_required | denied. Returns 0 or audit_record's negative code. */
+int call_audit(svc_thread_t *t, const svc_call_t *call, const Extranet__Actor *actor,
+               const char *action, const char *target_type, const char *target_id,
+               const char *outcome, const char *details) WUR;
+/* The same in a transaction of its own, for refusals that change nothing else; a failure is
+ * logged (the refusal is still answered). */
+void call_audit_alone(svc_thread_t *t, const svc_call_t *call, const Extranet__Actor *actor,
+                      const char *action, const char *target_type, const char *target_id,
+                      const char *outcome, const char *details);
+/* *out = the call's actor (ip) acting as user_id of kind ("admin"|"employee"|"extranet") with
+ * session_id (may be NULL): the actor of a sign-in. Strings are borrowed. */
+void call_actor_as(const svc_call_t *call, const char *user_id, const char *kind,
+                   const char *session_id, Extranet__Actor *out);
 #endif

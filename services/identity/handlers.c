@@ -1,6 +1,7 @@
 /* identity's dispatch table (one handler per protobuf method, in auth.c, me.c and admin.c),
  * the start hook (first admin) and the tick (pending invalidations, mail outbox, clean-up). */
 #include "calls.h"
+#include "extranet/audit.h"
 #include "extranet/log.h"
 #include "extranet/util.h"
 #include "password.h"
@@ -94,6 +95,7 @@ void identity_tick(svc_thread_t *t) {
     s_tick_invalidations(t, a);
     arena_reset(a);
     s_tick_mail(t, a);
+    (void)audit_relay_tick(t); /* logs its own failures; rows wait in the outbox */
     if (ticks++ % 60 == 0 && store_cleanup(t->pg) != 0)
         log_warn("clean-up of expired sessions failed");
     arena_destroy(&a);

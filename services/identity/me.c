@@ -46,7 +46,11 @@ void me_mfa_enroll(svc_thread_t *t, svc_call_t *call) {
         svc_fail(call, EXTRANET__STATUS__INTERNAL, "could not encode the secret");
         return;
     }
-    rc = store_mfa_enroll(t->pg, u.user->id, sealed);
+    if ((rc = pg_begin(t->pg)) != 0 || (rc = store_mfa_enroll(t->pg, u.user->id, sealed)) != 0 ||
+        (rc = call_audit(t, call, NULL, "auth.mfa_enrolled", "user", u.user->id, "ok", NULL)) !=
+            0 ||
+        (rc = pg_commit(t->pg)) != 0)
+        pg_rollback(t->pg);
     if (rc == -EEXIST) {
         svc_fail(call, EXTRANET__STATUS__CONFLICT,
                  "two-factor authentication is already enabled; an admin can reset it");
@@ -101,6 +105,8 @@ void me_mfa_confirm(svc_thread_t *t, svc_call_t *call) {
     rc = totp_verify(secret, sizeof secret, time(NULL), req->code, m.last_step, &step);
     sodium_memzero(secret, sizeof secret);
     if (rc != 0) {
+        call_audit_alone(t, call, NULL, "auth.mfa_failed", "user", u.user->id, "fail",
+                         "{\"reason\":\"bad_code\",\"step\":\"confirm\"}");
         svc_fail(call, EXTRANET__STATUS__INVALID, "wrong code");
         return;
     }
@@ -135,7 +141,9 @@ void me_mfa_confirm(svc_thread_t *t, svc_call_t *call) {
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_mfa_confirm(t->pg, u.user->id, m.secret_enc, step)) != 0 ||
         (rc = store_recovery_replace(t->pg, u.user->id, salt_arr, hash_arr)) != 0 ||
-        (rc = store_sessions_invalidate_user(t->pg, call->arena, u.user->id, &h)) != 0) {
+        (rc = store_sessions_invalidate_user(t->pg, call->arena, u.user->id, &h)) != 0 ||
+        (rc = call_audit(t, call, NULL, "auth.mfa_confirmed", "user", u.user->id, "ok", NULL)) !=
+            0) {
         pg_rollback(t->pg);
         if (rc == -ENOENT)
             svc_fail(call, EXTRANET__STATUS__CONFLICT, "the enrollment changed; enroll again");
@@ -173,13 +181,27 @@ void me_list_sessions(svc_thread_t *t, svc_call_t *call) {
 static void s_revoke(svc_thread_t *t, svc_call_t *call, store_revoke_t which, const char *sid) {
     const Extranet__Actor *a = call_actor(call);
     store_hashes_t h;
-    int rc = store_sessions_revoke(t->pg, call->arena, which, a->user_id, sid, &h);
-    if (rc != 0) {
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = store_sessions_revoke(t->pg, call->arena, which, a->user_id, sid, &h)) != 0) {
+        pg_rollback(t->pg);
         call_store_fail(call, rc, "session");
         return;
     }
     if (which == STORE_REVOKE_ONE && h.n == 0) {
+        pg_rollback(t->pg);
         svc_fail(call, EXTRANET__STATUS__NOT_FOUND, "session not found");
+        return;
+    }
+    char details[64];
+    snprintf(details, sizeof details, "{\"which\":\"%s\",\"count\":%zu}",
+             which == STORE_REVOKE_ONE ? "one" : "others", h.n);
+    if ((rc = call_audit(t, call, NULL, "session.revoked",
+                         which == STORE_REVOKE_ONE ? "session" : "user",
+                         which == STORE_REVOKE_ONE ? sid : a->user_id, "ok", details)) != 0 ||
+        (rc = pg_commit(t->pg)) != 0) {
+        pg_rollback(t->pg);
+        call_store_fail(call, rc, "session");
         return;
     }
     if (call_after_revoke(t, call->arena, a->user_id, &h, "revoked") != 0) {
@@ -230,6 +252,8 @@ void me_change_password(svc_thread_t *t, svc_call_t *call) {
     if (s_me_or_reply(t, call, &u) != 0)
         return;
     if (!password_verify(u.password_hash, req->old_password)) {
+        call_audit_alone(t, call, NULL, "user.password_changed", "user", u.user->id, "fail",
+                         "{\"reason\":\"bad_old_password\"}");
         svc_fail(call, EXTRANET__STATUS__INVALID, "old_password is wrong");
         return;
     }
@@ -242,7 +266,9 @@ void me_change_password(svc_thread_t *t, svc_call_t *call) {
     int rc;
     if ((rc = pg_begin(t->pg)) != 0 || (rc = store_user_set_password(t->pg, u.user->id, hash)) ||
         (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_OTHERS, u.user->id,
-                                    call_actor(call)->session_id, &h)) != 0) {
+                                    call_actor(call)->session_id, &h)) != 0 ||
+        (rc = call_audit(t, call, NULL, "user.password_changed", "user", u.user->id, "ok", NULL)) !=
+            0) {
         pg_rollback(t->pg);
         call_store_fail(call, rc, "user");
         return;

@@ -1,6 +1,7 @@
 /* identity's SQL: the statement table prepared on every connection, and the typed wrappers
  * of store.h. Columns are read by name (PQfnumber); every result is PQclear'ed here. */
 #include "store.h"
+#include "extranet/audit.h"
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -203,6 +204,7 @@ const pg_stmt_t identity_statements[] = {
      "RETURNING id::text AS id, rcpt, subject, body, attempts",
      1},
     {"mail_delete", "DELETE FROM mail_outbox WHERE id = $1::bigint", 1},
+    AUDIT_PG_STMTS, /* audit_record + the relay (extranet/audit.h) */
     {NULL, NULL, 0},
 };
 
