@@ -7,8 +7,11 @@
 #include <sodium.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #define LEASE_LEN 32
+
+long mcache_fill_delay_ms;
 
 /* KEYS[1] = fill:mem:{u}, KEYS[2] = mem:{u}; ARGV[1] = lease, ARGV[2] = ttl ms, then pairs of
  * group id, role. Writes only while the lease is still ours: an invalidation deletes it, so a
@@ -114,6 +117,12 @@ int mcache_role(svc_thread_t *t, arena_t *a, const char *user_id, const char *gi
     for (size_t i = 0; i < n; i++)
         if (strcmp(rows[i].group_id, gid) == 0 && !rules_role_parse(rows[i].role, ret_role))
             return -EIO;
+    if (mcache_fill_delay_ms > 0) {
+        struct timespec ts = {mcache_fill_delay_ms / 1000,
+                              (mcache_fill_delay_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+            ;
+    }
     if (n <= MAX_CACHED_GROUPS)
         s_fill(t->redis, a, user_id, lease, rows, n);
     return 0;

@@ -14,6 +14,11 @@
 int mcache_role(svc_thread_t *t, arena_t *a, const char *user_id, const char *gid,
                 mrole_t *ret_role) WUR;
 
+/* Fault injection for tests only (EXTRANET_MEMBERSHIP_FILL_DELAY_MS, default 0): a fill
+ * sleeps this long between reading PostgreSQL and writing Redis, so a test can make a removal
+ * land inside that window deterministically. Set once by main.c before any thread starts. */
+extern long mcache_fill_delay_ms;
+
 /* Deletes fill:mem:{u} and mem:{u} for each of the n users. Returns 0, or -EIO when Redis could
  * not be reached (the caller keeps the pending invalidations for the tick). */
 int mcache_invalidate(svc_thread_t *t, char *const *user_ids, size_t n) WUR;

@@ -141,8 +141,7 @@ int call_after_change(svc_thread_t *t, const char *gid, char *const *users,
         log_warn("redis unreachable: %zu membership cache entries queued for invalidation", n);
     }
     for (size_t i = 0; i < n && t->events; i++) {
-        Extranet__Membership__MembershipChanged ev =
-            EXTRANET__MEMBERSHIP__MEMBERSHIP_CHANGED__INIT;
+        Extranet__Membership__MembershipChanged ev = EXTRANET__MEMBERSHIP__MEMBERSHIP_CHANGED__INIT;
         ev.group_id = (char *)gid;
         ev.user_id = users[i];
         ev.role = (char *)(roles ? roles[i] : "");

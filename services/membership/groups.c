@@ -131,7 +131,8 @@ void groups_update(svc_thread_t *t, svc_call_t *call) {
         svc_fail(call, EXTRANET__STATUS__INVALID, "%s", err);
         return;
     }
-    const char *desc = req->clear_description ? "" : (req->description[0] ? req->description : NULL);
+    const char *desc =
+        req->clear_description ? "" : (req->description[0] ? req->description : NULL);
     int rc = store_group_update(t->pg, req->gid, req->name[0] ? req->name : NULL, desc,
                                 req->task_visibility[0] ? req->task_visibility : NULL,
                                 req->external_file_access[0] ? req->external_file_access : NULL);

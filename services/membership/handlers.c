@@ -1,9 +1,9 @@
 /* membership's dispatch table (one handler per protobuf method, in groups.c, members.c,
  * invitations.c and people.c) and its tick: retrying the mem:{user} cache invalidations that
  * could not be done when a change committed (Redis was unreachable). */
+#include "handlers.h"
 #include "cache.h"
 #include "extranet/log.h"
-#include "handlers.h"
 #include "store.h"
 
 membership_cfg_t membership_cfg;

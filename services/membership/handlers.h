@@ -9,8 +9,9 @@
 #include <stdbool.h>
 
 typedef struct {
-    const char *public_url; /* EXTRANET_PUBLIC_URL: invitation links are <public_url>/invitations/<token> */
-    long invitation_ttl_s;  /* EXTRANET_INVITATION_TTL_S (7 days) */
+    const char *
+        public_url; /* EXTRANET_PUBLIC_URL: invitation links are <public_url>/invitations/<token> */
+    long invitation_ttl_s; /* EXTRANET_INVITATION_TTL_S (7 days) */
 } membership_cfg_t;
 
 extern membership_cfg_t membership_cfg;

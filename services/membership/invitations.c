@@ -231,8 +231,8 @@ void invitations_lookup(svc_thread_t *t, svc_call_t *call) {
 }
 
 /* Commits the membership of user_id from the claimed invitation c. Returns 0 or answers. */
-static int s_finish(svc_thread_t *t, svc_call_t *call, const store_claim_t *c,
-                    const char *user_id, const char *kind) {
+static int s_finish(svc_thread_t *t, svc_call_t *call, const store_claim_t *c, const char *user_id,
+                    const char *kind) {
     bool added = false;
     int rc;
     if ((rc = pg_begin(t->pg)) != 0 ||

@@ -1,5 +1,6 @@
 /* membership: env -> config -> svc_main. Owns groups, members, invitations and the mem:{user}
  * Redis cache (README.md); the handlers are in groups.c, members.c, invitations.c, people.c. */
+#include "cache.h"
 #include "extranet/cfg.h"
 #include "extranet/log.h"
 #include "extranet/svc.h"
@@ -13,18 +14,22 @@ static const char s_usage[] =
     "  EXTRANET_PUBLIC_URL         base of invitation links: <url>/invitations/<token>\n"
     "                              (http://127.0.0.1:8080)\n"
     "  EXTRANET_INVITATION_TTL_S   lifetime of an invitation (604800 = 7 days)\n"
+    "  EXTRANET_MEMBERSHIP_FILL_DELAY_MS  tests only: delay between the PostgreSQL read and\n"
+    "                              the Redis write of a cache fill (0)\n"
     "  plus EXTRANET_BROKER, EXTRANET_EVENTS_PUB, EXTRANET_PG, EXTRANET_REDIS,\n"
     "  EXTRANET_THREADS, EXTRANET_LOG\n";
 
 static int s_config(void) {
     if (cfg_long("EXTRANET_INVITATION_TTL_S", 7L * 86400, 60, 90L * 86400,
-                 &membership_cfg.invitation_ttl_s) != 0)
+                 &membership_cfg.invitation_ttl_s) != 0 ||
+        cfg_long("EXTRANET_MEMBERSHIP_FILL_DELAY_MS", 0, 0, 1500, &mcache_fill_delay_ms) != 0)
         return -1;
     const char *url = cfg_str("EXTRANET_PUBLIC_URL", "http://127.0.0.1:8080");
     size_t n = strlen(url);
     while (n > 0 && url[n - 1] == '/')
         n--;
-    if (n == 0 || n > 512 || (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)) {
+    if (n == 0 || n > 512 ||
+        (strncmp(url, "http://", 7) != 0 && strncmp(url, "https://", 8) != 0)) {
         log_error("EXTRANET_PUBLIC_URL must be an http(s) URL of at most 512 bytes");
         return -1;
     }

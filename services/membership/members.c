@@ -201,17 +201,20 @@ void members_add(svc_thread_t *t, svc_call_t *call) {
         call_store_fail(call, rc, NULL);
         return;
     }
-    if (!rules_person_visible(k, !strcasecmp(req->user_id, call->req->actor->user_id), tk,
-                              shares))
+    if (!rules_person_visible(k, !strcasecmp(req->user_id, call->req->actor->user_id), tk, shares))
         tk = UKIND_UNKNOWN;
     if (tk != UKIND_UNKNOWN &&
         (rc = s_target_role(t, call, req->gid, req->user_id, &target_role)) != 0) {
         call_store_fail(call, rc, NULL);
         return;
     }
-    if (!call_verdict_or_reply(call, rules_member_add(k, role, s_gkind(g), g->archived, tk,
-                                                      target_role, new_role)))
+    if (!call_verdict_or_reply(
+            call, rules_member_add(k, role, s_gkind(g), g->archived, tk, target_role, new_role)))
         return;
+    if (!u) { /* unreachable: an unknown target is refused by the rules */
+        svc_fail(call, EXTRANET__STATUS__NOT_FOUND, RULES_NOT_FOUND);
+        return;
+    }
     s_member_ctx_t c = {req->gid, u->id, rules_role_name(new_role), u->kind, NULL};
     char *users[] = {u->id};
     const char *roles[] = {c.role};
@@ -262,6 +265,10 @@ void members_update(svc_thread_t *t, svc_call_t *call) {
     if (!call_verdict_or_reply(call, rules_member_set_role(k, role, self, s_gkind(g), g->archived,
                                                            tk, target_role, new_role)))
         return;
+    if (!u) { /* unreachable: an unknown target is refused by the rules */
+        svc_fail(call, EXTRANET__STATUS__NOT_FOUND, RULES_NOT_FOUND);
+        return;
+    }
     Extranet__Membership__Member *m = s_member(call->arena, u, rules_role_name(new_role), "");
     if (!m) {
         svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
@@ -310,7 +317,7 @@ void members_remove(svc_thread_t *t, svc_call_t *call) {
         svc_reply_ok(call, NULL);
         return;
     }
-    bool self = !system && !strcasecmp(req->uid, a->user_id);
+    bool self = !system && a && !strcasecmp(req->uid, a->user_id);
     if (!call_verdict_or_reply(call, rules_member_remove(k, role, self, target_role)))
         return;
     char uid[37];
@@ -331,8 +338,9 @@ void members_check(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__CheckRequest *req = (const void *)call->msg;
     const Extranet__Actor *a = call->req->actor;
     if (!a || a->kind != EXTRANET__ACTOR_KIND__SYSTEM) {
-        svc_fail(call, a && a->user_id && a->user_id[0] ? EXTRANET__STATUS__FORBIDDEN
-                                                        : EXTRANET__STATUS__UNAUTHENTICATED,
+        svc_fail(call,
+                 a && a->user_id && a->user_id[0] ? EXTRANET__STATUS__FORBIDDEN
+                                                  : EXTRANET__STATUS__UNAUTHENTICATED,
                  "not allowed");
         return;
     }

@@ -4,9 +4,9 @@
 #include <ctype.h>
 #include <string.h>
 
-#define OK_V ((rules_verdict_t){EXTRANET__STATUS__OK, NULL})
+#define OK_V            ((rules_verdict_t){EXTRANET__STATUS__OK, NULL})
 #define FAIL_V(st, msg) ((rules_verdict_t){EXTRANET__STATUS__##st, (msg)})
-#define HIDDEN_V FAIL_V(NOT_FOUND, RULES_NOT_FOUND)
+#define HIDDEN_V        FAIL_V(NOT_FOUND, RULES_NOT_FOUND)
 
 static const char *const s_roles[] = {"", "member", "moderator", "owner"};
 
@@ -241,8 +241,8 @@ const char *rules_task_visibility_check(const char *s) {
 }
 
 const char *rules_file_access_check(const char *s) {
-    if (s && (!strcmp(s, "none") || !strcmp(s, "view") || !strcmp(s, "upload") ||
-              !strcmp(s, "edit")))
+    if (s &&
+        (!strcmp(s, "none") || !strcmp(s, "view") || !strcmp(s, "upload") || !strcmp(s, "edit")))
         return NULL;
     return "external_file_access must be none, view, upload or edit";
 }

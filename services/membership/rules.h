@@ -70,12 +70,12 @@ rules_verdict_t rules_member_remove(ukind_t actor, mrole_t actor_role, bool self
 bool rules_person_visible(ukind_t viewer, bool self, ukind_t target, bool shares_group);
 
 /* Input checks: NULL when valid, else a message safe to show. */
-const char *rules_group_name_check(const char *s);        /* 1..200 bytes, no controls */
-const char *rules_description_check(const char *s);       /* 0..4000 bytes, no controls but \n\t */
+const char *rules_group_name_check(const char *s);  /* 1..200 bytes, no controls */
+const char *rules_description_check(const char *s); /* 0..4000 bytes, no controls but \n\t */
 const char *rules_group_kind_check(const char *s, gkind_t *ret);
-const char *rules_task_visibility_check(const char *s);   /* all | involved */
-const char *rules_file_access_check(const char *s);       /* none | view | upload | edit */
-const char *rules_email_check(const char *s);             /* a plain addr-spec, 3..254 bytes */
+const char *rules_task_visibility_check(const char *s); /* all | involved */
+const char *rules_file_access_check(const char *s);     /* none | view | upload | edit */
+const char *rules_email_check(const char *s);           /* a plain addr-spec, 3..254 bytes */
 /* An invitation token as issued: 43 characters of base64url without padding. */
 bool rules_token_shape(const char *s);
 #define RULES_TOKEN_LEN 43

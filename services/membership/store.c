@@ -70,7 +70,8 @@ const pg_stmt_t membership_statements[] = {
      "VALUES ($1::uuid, $2::uuid, 'member', $3) ON CONFLICT DO NOTHING RETURNING user_id",
      3},
     {"member_set_role",
-     "UPDATE members SET role = $3, user_kind = coalesce($4, user_kind) WHERE group_id = $1::uuid AND user_id = "
+     "UPDATE members SET role = $3, user_kind = coalesce($4, user_kind) WHERE group_id = $1::uuid "
+     "AND user_id = "
      "$2::uuid RETURNING user_id",
      4},
     {"member_delete",
@@ -105,8 +106,8 @@ const pg_stmt_t membership_statements[] = {
      "SELECT " INVITATION_COLS "FROM invitations i WHERE i.group_id = $1::uuid "
      "ORDER BY i.created_at DESC LIMIT 500",
      1},
-    {"invitation_group",
-     "SELECT group_id::text AS group_id FROM invitations WHERE id = $1::uuid", 1},
+    {"invitation_group", "SELECT group_id::text AS group_id FROM invitations WHERE id = $1::uuid",
+     1},
     {"invitation_revoke",
      "UPDATE invitations SET state = 'revoked', updated_at = now() "
      "WHERE id = $1::uuid AND state IN ('pending', 'accepting') RETURNING id",
@@ -186,9 +187,8 @@ static Extranet__Membership__Group *s_group_row(arena_t *a, const PGresult *res,
     g->created_at = s_col(a, res, row, "created_at");
     g->updated_at = s_col(a, res, row, "updated_at");
     g->my_role = s_col(a, res, row, "my_role");
-    if (!g->id || !g->name || !g->description || !g->kind || !g->owner_id ||
-        !g->task_visibility || !g->external_file_access || !g->created_at || !g->updated_at ||
-        !g->my_role)
+    if (!g->id || !g->name || !g->description || !g->kind || !g->owner_id || !g->task_visibility ||
+        !g->external_file_access || !g->created_at || !g->updated_at || !g->my_role)
         return NULL;
     return g;
 }
@@ -309,8 +309,7 @@ int store_role(pg_t *pg, arena_t *a, const char *gid, const char *user_id, char 
     return *ret_role ? 0 : -ENOMEM;
 }
 
-int store_roles_of(pg_t *pg, arena_t *a, const char *user_id, store_grole_t **ret,
-                   size_t *ret_n) {
+int store_roles_of(pg_t *pg, arena_t *a, const char *user_id, store_grole_t **ret, size_t *ret_n) {
     const char *p[] = {user_id};
     PGresult *res;
     int rc = s_exec(pg, "roles_of", p, false, &res);
