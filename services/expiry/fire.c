@@ -4,6 +4,7 @@
  * calls expiry.Schedule is never a cycle of requests waiting on each other. */
 #include "expiry.h"
 
+#include "extranet/audit.h"
 #include "extranet/log.h"
 #include "extranet/status.h"
 #include "extranet/util.h"
@@ -55,6 +56,26 @@ static void s_record_retry(svc_thread_t *t, const expiry_claim_t *c, const char 
              c->subject, c->attempts, error, delay, applied ? "" : " (claim superseded)");
 }
 
+/* Marks the claim done and, when that applied, writes its timer.fired audit record in the
+ * same transaction (a superseded claim fired nothing that counts). */
+static int s_record_done(svc_thread_t *t, const expiry_claim_t *c, const Extranet__Actor *actor,
+                         const char *rid, const char *note, bool *ret_applied) {
+    /* kind comes from the kinds table and subject is uuids joined by ':' (both validated),
+     * so neither needs JSON escaping. */
+    char details[EXPIRY_KIND_MAX + EXPIRY_SUBJECT_MAX + 64];
+    snprintf(details, sizeof details, "{\"kind\":\"%s\",\"subject\":\"%s\",\"attempts\":%d}",
+             c->kind, c->subject, c->attempts);
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 || (rc = expiry_store_done(t->pg, c, note, ret_applied)) != 0 ||
+        (*ret_applied && (rc = audit_record(t->pg, actor, "timer.fired", "timer", c->id, NULL,
+                                            note ? "fail" : "ok", rid, details)) != 0) ||
+        (rc = pg_commit(t->pg)) != 0) {
+        pg_rollback(t->pg);
+        return rc;
+    }
+    return 0;
+}
+
 static void s_fire_one(svc_thread_t *t, const expiry_claim_t *c) {
     const expiry_kind_t *k = expiry_kind_find(c->kind);
     ProtobufCMessage *req = NULL;
@@ -86,7 +107,7 @@ static void s_fire_one(svc_thread_t *t, const expiry_claim_t *c) {
         s_record_retry(t, c, text);
     } else {
         bool applied = false;
-        if (expiry_store_done(t->pg, c, rc == 0 ? NULL : text, &applied) < 0)
+        if (s_record_done(t, c, &actor, rid, rc == 0 ? NULL : text, &applied) < 0)
             log_warn("timer %s fired but could not be marked done; it fires again after its "
                      "lease (the owner's method is idempotent)",
                      c->id);
@@ -133,4 +154,5 @@ void expiry_fire_tick(svc_thread_t *t) {
             break; /* nothing more is due right now */
     }
     free(claims);
+    (void)audit_relay_tick(t); /* logs its own failures; rows wait in the outbox */
 }

@@ -3,6 +3,7 @@
  * marks the rows claimed commit together and the row locks last only that long. */
 #include "store.h"
 
+#include "extranet/audit.h"
 #include "extranet/log.h"
 
 #include <errno.h>
@@ -65,6 +66,7 @@ const pg_stmt_t expiry_statements[] = {
      "next_attempt_at = now(), updated_at = now() "
      "WHERE id = $1::uuid AND claim = $2::uuid AND state = 'pending'",
      2},
+    AUDIT_PG_STMTS, /* timer.fired + the relay (extranet/audit.h) */
     {NULL, NULL, 0},
 };
 /* clang-format on */

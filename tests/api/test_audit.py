@@ -186,6 +186,12 @@ def test_identity_actions_each_leave_one_record(api):
     recs = api.wait_records(1, timeout=30, action="user.expired", target_id=eid)
     assert len(recs) == 1 and recs[0]["actor_kind"] == "system" and recs[0]["outcome"] == "ok"
     done.add("user.expired")
+    # expiry's own record of that firing, with the request id of its call to identity
+    fired = [r for r in api.wait_records(1, timeout=15, action="timer.fired",
+                                         request_id=recs[0]["request_id"])]
+    assert len(fired) == 1 and fired[0]["service"] == "expiry", fired
+    assert fired[0]["actor_kind"] == "system" and fired[0]["outcome"] == "ok"
+    assert eid in fired[0]["details"] and fired[0]["target_type"] == "timer"
 
     documented = {"auth.login", "auth.login_failed", "auth.logout", "auth.mfa_enrolled",
                   "auth.mfa_confirmed", "auth.mfa_failed", "auth.mfa_recovery_used",
