@@ -2,6 +2,7 @@
  * refusal (*_or_reply), store errors as statuses, calls to identity as SYSTEM, and the effects
  * after a commit (cache invalidation + membership.changed). */
 #include "cache.h"
+#include "extranet/audit.h"
 #include "extranet/log.h"
 #include "extranet/util.h"
 #include "handlers.h"
@@ -62,6 +63,12 @@ void call_store_fail(svc_call_t *call, int rc, const char *conflict_msg) {
         log_error("store failed: %d", rc);
         svc_fail(call, EXTRANET__STATUS__INTERNAL, "internal error");
     }
+}
+
+int call_audit(svc_thread_t *t, svc_call_t *call, const char *action, const char *target_type,
+               const char *target_id, const char *gid, const char *details) {
+    return audit_record(t->pg, call->req->actor, action, target_type, target_id, gid, "ok",
+                        call->req->request_id, details);
 }
 
 int call_identity(svc_thread_t *t, svc_call_t *call, const char *method,

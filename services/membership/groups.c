@@ -37,7 +37,9 @@ void groups_create(svc_thread_t *t, svc_call_t *call) {
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_group_insert(t->pg, call->arena, &req, me,
                                  k == UKIND_ADMIN ? "admin" : "employee", &id)) != 0 ||
-        (rc = store_pending_add(t->pg, me)) != 0 || (rc = pg_commit(t->pg)) != 0) {
+        (rc = store_pending_add(t->pg, me)) != 0 ||
+        (rc = call_audit(t, call, "group.created", "group", id, id, NULL)) != 0 ||
+        (rc = pg_commit(t->pg)) != 0) {
         pg_rollback(t->pg);
         call_store_fail(call, rc, "conflict");
         return;
@@ -133,9 +135,15 @@ void groups_update(svc_thread_t *t, svc_call_t *call) {
     }
     const char *desc =
         req->clear_description ? "" : (req->description[0] ? req->description : NULL);
-    int rc = store_group_update(t->pg, req->gid, req->name[0] ? req->name : NULL, desc,
-                                req->task_visibility[0] ? req->task_visibility : NULL,
-                                req->external_file_access[0] ? req->external_file_access : NULL);
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = store_group_update(t->pg, req->gid, req->name[0] ? req->name : NULL, desc,
+                                 req->task_visibility[0] ? req->task_visibility : NULL,
+                                 req->external_file_access[0] ? req->external_file_access
+                                                              : NULL)) != 0 ||
+        (rc = call_audit(t, call, "group.updated", "group", req->gid, req->gid, NULL)) != 0 ||
+        (rc = pg_commit(t->pg)) != 0)
+        pg_rollback(t->pg);
     if (rc == 0)
         rc = store_group_get(t->pg, call->arena, req->gid, call->req->actor->user_id, &g);
     if (rc != 0) {
@@ -154,7 +162,11 @@ void groups_archive(svc_thread_t *t, svc_call_t *call) {
     /* Archiving twice is fine (idempotent DELETE). */
     if (!g || !call_verdict_or_reply(call, rules_group_settings(k, role, false)))
         return;
-    int rc = store_group_archive(t->pg, req->gid);
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 || (rc = store_group_archive(t->pg, req->gid)) != 0 ||
+        (rc = call_audit(t, call, "group.archived", "group", req->gid, req->gid, NULL)) != 0 ||
+        (rc = pg_commit(t->pg)) != 0)
+        pg_rollback(t->pg);
     if (rc != 0) {
         call_store_fail(call, rc, NULL);
         return;

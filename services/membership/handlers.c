@@ -3,6 +3,7 @@
  * could not be done when a change committed (Redis was unreachable). */
 #include "handlers.h"
 #include "cache.h"
+#include "extranet/audit.h"
 #include "extranet/log.h"
 #include "store.h"
 
@@ -22,6 +23,7 @@ void membership_tick(svc_thread_t *t) {
         log_info("%zu pending membership cache invalidations done", done);
     }
     arena_destroy(&a);
+    (void)audit_relay_tick(t); /* logs its own failures; rows wait in the outbox */
 }
 
 #define M(name, fn, req)                                                                           \

@@ -71,6 +71,12 @@ int call_identity(svc_thread_t *t, svc_call_t *call, const char *method,
                   const ProtobufCMessage *req, const ProtobufCMessageDescriptor *reply_desc,
                   ProtobufCMessage **ret_reply, char *errbuf, size_t errlen) WUR;
 
+/* Writes an audit record (R11) of this call's actor inside the open transaction: action, the
+ * target (type + id), the group, details (a JSON object without secrets or emails, NULL =
+ * "{}"). Returns audit_record's code; the caller rolls back on failure. */
+int call_audit(svc_thread_t *t, svc_call_t *call, const char *action, const char *target_type,
+               const char *target_id, const char *gid, const char *details) WUR;
+
 /* After a commit that queued pending invalidations for users[0..n): deletes their mem:{user}
  * entries (and the pending rows), then publishes membership.changed for each (role[i], "" =
  * removed). Returns 0, or -EIO when Redis could not be reached (rows stay for the tick; the

@@ -78,7 +78,10 @@ static void s_add_employee(svc_thread_t *t, svc_call_t *call, const char *gid,
     int rc;
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_member_ensure(t->pg, gid, u->id, u->kind, &added)) != 0 ||
-        (rc = store_pending_add(t->pg, u->id)) != 0 || (rc = pg_commit(t->pg)) != 0) {
+        (rc = store_pending_add(t->pg, u->id)) != 0 ||
+        (added && (rc = call_audit(t, call, "member.added", "user", u->id, gid,
+                                   "{\"role\":\"member\",\"via\":\"invitation\"}")) != 0) ||
+        (rc = pg_commit(t->pg)) != 0) {
         pg_rollback(t->pg);
         call_store_fail(call, rc, NULL);
         return;
@@ -134,8 +137,14 @@ void invitations_create(svc_thread_t *t, svc_call_t *call) {
     char token[RULES_TOKEN_LEN + 1], hash[HASH_LEN + 1];
     s_token_new(token, hash);
     Extranet__Membership__Invitation *inv = NULL;
-    rc = store_invitation_insert(t->pg, call->arena, req->gid, req->email, hash,
-                                 call->req->actor->user_id, membership_cfg.invitation_ttl_s, &inv);
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = store_invitation_insert(t->pg, call->arena, req->gid, req->email, hash,
+                                      call->req->actor->user_id, membership_cfg.invitation_ttl_s,
+                                      &inv)) != 0 ||
+        (rc = call_audit(t, call, "invitation.created", "invitation", inv->id, req->gid, NULL)) !=
+            0 ||
+        (rc = pg_commit(t->pg)) != 0)
+        pg_rollback(t->pg);
     if (rc != 0) {
         sodium_memzero(token, sizeof token);
         call_store_fail(call, rc, "conflict");
@@ -158,8 +167,13 @@ void invitations_create(svc_thread_t *t, svc_call_t *call) {
             *p = ' ';
     if (s_send_mail(t, call, inv->email, subject, body) != 0) {
         /* Nobody can redeem an invitation whose token was never delivered: withdraw it. */
-        if (store_invitation_revoke(t->pg, inv->id) != 0)
+        if ((rc = pg_begin(t->pg)) != 0 || (rc = store_invitation_revoke(t->pg, inv->id)) != 0 ||
+            (rc = call_audit(t, call, "invitation.withdrawn", "invitation", inv->id, req->gid,
+                             "{\"reason\":\"mail\"}")) != 0 ||
+            (rc = pg_commit(t->pg)) != 0) {
+            pg_rollback(t->pg);
             log_warn("invitation %s: could not withdraw after the mail failed", inv->id);
+        }
         s_unavailable(call, "mail");
         return;
     }
@@ -202,7 +216,11 @@ void invitations_revoke(svc_thread_t *t, svc_call_t *call) {
         call_store_fail(call, rc, NULL);
         return;
     }
-    rc = store_invitation_revoke(t->pg, req->id);
+    if ((rc = pg_begin(t->pg)) != 0 || (rc = store_invitation_revoke(t->pg, req->id)) != 0 ||
+        (rc = call_audit(t, call, "invitation.revoked", "invitation", req->id, req->gid, NULL)) !=
+            0 ||
+        (rc = pg_commit(t->pg)) != 0)
+        pg_rollback(t->pg);
     if (rc == -ENOENT) {
         svc_fail(call, EXTRANET__STATUS__CONFLICT, "the invitation is no longer pending");
         return;
@@ -238,7 +256,12 @@ static int s_finish(svc_thread_t *t, svc_call_t *call, const store_claim_t *c, c
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_member_ensure(t->pg, c->group_id, user_id, kind, &added)) != 0 ||
         (rc = store_invitation_finish(t->pg, c->id, user_id)) != 0 ||
-        (rc = store_pending_add(t->pg, user_id)) != 0 || (rc = pg_commit(t->pg)) != 0) {
+        (rc = store_pending_add(t->pg, user_id)) != 0 ||
+        (rc = call_audit(t, call, "invitation.accepted", "invitation", c->id, c->group_id, NULL)) !=
+            0 ||
+        (added && (rc = call_audit(t, call, "member.added", "user", user_id, c->group_id,
+                                   "{\"role\":\"member\",\"via\":\"invitation\"}")) != 0) ||
+        (rc = pg_commit(t->pg)) != 0) {
         pg_rollback(t->pg);
         call_store_fail(call, rc, NULL);
         return -1;

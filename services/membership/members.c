@@ -116,13 +116,15 @@ void members_list(svc_thread_t *t, svc_call_t *call) {
     svc_reply_ok(call, &reply.base);
 }
 
-/* Commits the change done by fn inside a transaction with pending invalidations for users,
- * then clears the cache. Returns 0 (answered nothing), or answers and returns -1. */
+/* Commits the change done by fn inside a transaction with pending invalidations for users and
+ * the audit record `action` (target users[0], its new role in details), then clears the cache.
+ * Returns 0 (answered nothing), or answers and returns -1. */
 typedef int (*s_change_fn)(svc_thread_t *t, void *ctx);
 
 static int s_commit_change(svc_thread_t *t, svc_call_t *call, const char *gid, s_change_fn fn,
                            void *ctx, char *const *users, const char *const *roles, size_t n,
-                           const char *reason, bool tightens, const char *conflict_msg) {
+                           const char *reason, const char *action, bool tightens,
+                           const char *conflict_msg) {
     int rc;
     if ((rc = pg_begin(t->pg)) != 0 || (rc = fn(t, ctx)) != 0) {
         pg_rollback(t->pg);
@@ -132,6 +134,11 @@ static int s_commit_change(svc_thread_t *t, svc_call_t *call, const char *gid, s
     for (size_t i = 0; i < n; i++)
         if ((rc = store_pending_add(t->pg, users[i])) != 0)
             break;
+    /* Roles are fixed words, so the details need no JSON escaping. */
+    const char *details =
+        roles[0][0] ? arena_printf(call->arena, "{\"role\":\"%s\"}", roles[0]) : NULL;
+    if (rc == 0)
+        rc = call_audit(t, call, action, "user", users[0], gid, details);
     if (rc != 0 || (rc = pg_commit(t->pg)) != 0) {
         pg_rollback(t->pg);
         call_store_fail(call, rc, conflict_msg);
@@ -218,8 +225,8 @@ void members_add(svc_thread_t *t, svc_call_t *call) {
     s_member_ctx_t c = {req->gid, u->id, rules_role_name(new_role), u->kind, NULL};
     char *users[] = {u->id};
     const char *roles[] = {c.role};
-    if (s_commit_change(t, call, req->gid, s_do_add, &c, users, roles, 1, "added", false,
-                        "already a member of the group") != 0)
+    if (s_commit_change(t, call, req->gid, s_do_add, &c, users, roles, 1, "added", "member.added",
+                        false, "already a member of the group") != 0)
         return;
     Extranet__Membership__Member *m = s_member(call->arena, u, c.role, "");
     if (!m) {
@@ -288,7 +295,10 @@ void members_update(svc_thread_t *t, svc_call_t *call) {
         n = 2;
     }
     if (s_commit_change(t, call, req->gid, s_do_set_role, &c, users, roles, n,
-                        new_role == ROLE_OWNER ? "ownership" : "role", true, "conflict") != 0)
+                        new_role == ROLE_OWNER ? "ownership" : "role",
+                        new_role == ROLE_OWNER ? "group.ownership_transferred"
+                                               : "member.role_changed",
+                        true, "conflict") != 0)
         return;
     svc_reply_ok(call, &m->base);
 }
@@ -328,8 +338,8 @@ void members_remove(svc_thread_t *t, svc_call_t *call) {
     s_member_ctx_t c = {req->gid, uid, NULL, NULL, NULL};
     char *users[] = {uid};
     const char *roles[] = {""};
-    if (s_commit_change(t, call, req->gid, s_do_remove, &c, users, roles, 1, "removed", true,
-                        NULL) != 0)
+    if (s_commit_change(t, call, req->gid, s_do_remove, &c, users, roles, 1, "removed",
+                        self ? "member.left" : "member.removed", true, NULL) != 0)
         return;
     svc_reply_ok(call, NULL);
 }

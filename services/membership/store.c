@@ -1,6 +1,7 @@
 /* membership's SQL: the statement table prepared on every connection, and the typed wrappers
  * of store.h. Columns are read by name (PQfnumber); every result is PQclear'ed here. */
 #include "store.h"
+#include "extranet/audit.h"
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,6 +136,7 @@ const pg_stmt_t membership_statements[] = {
      "UPDATE invitations SET state = 'accepted', accepted_by = $2::uuid, updated_at = now() "
      "WHERE id = $1::uuid AND state = 'accepting' RETURNING id",
      2},
+    AUDIT_PG_STMTS, /* audit_record + the relay (extranet/audit.h) */
     {NULL, NULL, 0},
 };
 
