@@ -325,10 +325,6 @@ static Extranet__Status s_build_payload(gw_http_t *self, gw_req_t *req, char *re
                      "JSON nested deeper than %d levels", CODEC_MAX_DEPTH);
             return EXTRANET__STATUS__INVALID;
         }
-        if (r->rate_field && ret_account) {
-            const char *acct = json_string_value(json_object_get(in, r->rate_field));
-            snprintf(ret_account, account_len, "%s", acct ? acct : "");
-        }
     } else {
         in = json_object();
         if (!in)
@@ -349,6 +345,15 @@ static Extranet__Status s_build_payload(gw_http_t *self, gw_req_t *req, char *re
                  err.field[0] ? ": " : "", err.text[0] ? err.text : "invalid request");
         return EXTRANET__STATUS__INVALID;
     }
+    /* A route with a JSON body takes its fields from the body only: a query parameter could
+     * otherwise override a body field after the rate limiter read it (?email=victim), and
+     * passwords would travel in URLs (and into proxies' logs). */
+    if ((r->flags & GW_ROUTE_BODY) &&
+        MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, NULL, NULL) > 0) {
+        snprintf(req->deferred_msg, sizeof req->deferred_msg,
+                 "this route takes no query parameters: send the fields in the JSON body");
+        return EXTRANET__STATUS__INVALID;
+    }
     s_query_t q = {.req = req, .msg = msg};
     MHD_get_connection_values(req->conn, MHD_GET_ARGUMENT_KIND, s_set_query, &q);
     if (q.rc < 0) {
@@ -359,15 +364,30 @@ static Extranet__Status s_build_payload(gw_http_t *self, gw_req_t *req, char *re
      * is not a uuid cannot exist: answered exactly like a missing one (R1). */
     for (int i = 0; i < req->match.nparams; i++) {
         const char *name = req->match.names[i], *value = req->match.values[i];
-        if (routes_param_is_uuid(name) && !util_uuid_valid(value)) {
-            snprintf(req->deferred_msg, sizeof req->deferred_msg, "not found");
-            return EXTRANET__STATUS__NOT_FOUND;
+        if (routes_param_is_uuid(name)) {
+            if (!util_uuid_valid(value)) {
+                snprintf(req->deferred_msg, sizeof req->deferred_msg, "not found");
+                return EXTRANET__STATUS__NOT_FOUND;
+            }
+            /* One spelling per id: services compare ids as strings (e.g. "not yourself"). */
+            for (char *c = req->match.values[i]; *c; c++)
+                if (*c >= 'A' && *c <= 'F')
+                    *c = (char)(*c - 'A' + 'a');
         }
         rc = codec_set_field(msg, name, value, alloc, &err);
         if (rc < 0) {
             snprintf(req->deferred_msg, sizeof req->deferred_msg, "%.64s: %.120s", name, err.text);
             return EXTRANET__STATUS__INVALID;
         }
+    }
+    /* The rate-limit account is read from the message the service will see, never from an
+     * earlier stage of its building. */
+    if (r->rate_field && ret_account) {
+        const ProtobufCFieldDescriptor *f =
+            protobuf_c_message_descriptor_get_field_by_name(r->request, r->rate_field);
+        const char *acct =
+            f ? *(const char *const *)(const void *)((const char *)msg + f->offset) : NULL;
+        snprintf(ret_account, account_len, "%s", acct ? acct : "");
     }
     size_t len = protobuf_c_message_get_packed_size(msg);
     req->payload = malloc(len ? len : 1);
@@ -629,12 +649,13 @@ gw_http_t *http_new(const http_cfg_t *cfg, gw_loop_t *loop) {
     if (ss.ss_family == AF_INET6)
         flags |= MHD_USE_IPv6;
     self->daemon = MHD_start_daemon(
-        flags, 0, NULL, NULL, s_handler, self, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
-        MHD_OPTION_THREAD_POOL_SIZE, cfg->threads, MHD_OPTION_CONNECTION_LIMIT,
-        cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, cfg->timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->memory_limit, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        1024u, MHD_OPTION_NOTIFY_COMPLETED, s_completed, self, MHD_OPTION_EXTERNAL_LOGGER,
-        s_mhd_log, NULL, MHD_OPTION_END);
+        /* The logger first: options before it would log through MHD's own stderr logger. */
+        flags, 0, NULL, NULL, s_handler, self, MHD_OPTION_EXTERNAL_LOGGER, s_mhd_log, NULL,
+        MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss, MHD_OPTION_THREAD_POOL_SIZE, cfg->threads,
+        MHD_OPTION_CONNECTION_LIMIT, cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
+        cfg->timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT, cfg->memory_limit,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 1024u, MHD_OPTION_NOTIFY_COMPLETED, s_completed, self,
+        MHD_OPTION_END);
     if (!self->daemon) {
         log_error("cannot listen on %s", cfg->addr);
         free(self);

@@ -371,6 +371,11 @@ static void *s_run(void *arg) {
             probe_on_input(self->probe);
         s_expire(self, util_mono_ms());
     }
+    /* Also when the loop dies on an error: from here on loop_submit refuses (the caller answers
+     * 503 itself), so no request can wait in the queue for a thread that is gone. */
+    pthread_mutex_lock(&self->mu);
+    self->stopping = true;
+    pthread_mutex_unlock(&self->mu);
     s_shutdown(self);
     mdp_client_destroy(&self->client);
     return NULL;
@@ -388,10 +393,20 @@ gw_loop_t *loop_new(void *zctx, const char *brokers, const char *required) {
         log_error("loop: %s", strerror(errno));
         goto fail;
     }
-    pthread_mutex_init(&self->mu, NULL);
-    pthread_cond_init(&self->init_cv, NULL);
-    if (pthread_create(&self->thread, NULL, s_run, self) != 0) {
-        log_error("loop: cannot start its thread");
+    int err = pthread_mutex_init(&self->mu, NULL);
+    if (err != 0) {
+        log_error("loop: pthread_mutex_init: %s", strerror(err));
+        goto fail;
+    }
+    err = pthread_cond_init(&self->init_cv, NULL);
+    if (err != 0) {
+        log_error("loop: pthread_cond_init: %s", strerror(err));
+        pthread_mutex_destroy(&self->mu);
+        goto fail;
+    }
+    err = pthread_create(&self->thread, NULL, s_run, self);
+    if (err != 0) {
+        log_error("loop: cannot start its thread: %s", strerror(err));
         goto fail_sync;
     }
     self->thread_started = true;
@@ -457,6 +472,18 @@ void loop_stop(gw_loop_t *self) {
     if (self->thread_started)
         pthread_join(self->thread, NULL);
     self->thread_started = false;
+    /* The thread answered its queue before it ended, and stopping refuses new submits since;
+     * this is the guarantee that nothing queued stays suspended (MHD_stop_daemon aborts on a
+     * suspended connection). */
+    bool stopping;
+    gw_req_t *list = s_queue_take(self, &stopping);
+    while (list) {
+        gw_req_t *next = list->q_next;
+        list->q_next = NULL;
+        req_set_result(list, EXTRANET__STATUS__UNAVAILABLE, "shutting down");
+        http_req_resume(list);
+        list = next;
+    }
 }
 
 void loop_destroy(gw_loop_t **self_p) {

@@ -10,6 +10,8 @@
 #include "metrics.h"
 #include "ratelimit.h"
 #include "routes.h"
+#include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,8 +115,15 @@ int main(int argc, char **argv) {
     sigemptyset(&set);
     sigaddset(&set, SIGTERM);
     sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    int err = pthread_sigmask(SIG_BLOCK, &set, NULL);
+    if (err != 0) {
+        log_error("pthread_sigmask: %s", strerror(err));
+        return 1;
+    }
+    if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+        log_error("signal(SIGPIPE): %s", strerror(errno));
+        return 1;
+    }
 
     int rc = 1;
     void *zctx = NULL;

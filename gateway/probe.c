@@ -35,6 +35,12 @@ struct gw_probe {
     bool best[S_MAX_SERVICES];
 };
 
+/* zmq_close fails only on a bug (not a socket): logged, never silent. */
+static void s_close(void *sock) {
+    if (sock && zmq_close(sock) != 0)
+        log_error("probe: zmq_close: %s", zmq_strerror(zmq_errno()));
+}
+
 static void *s_socket(gw_probe_t *self, int i) {
     if (self->sock[i])
         return self->sock[i];
@@ -47,7 +53,7 @@ static void *s_socket(gw_probe_t *self, int i) {
         zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxmsg, sizeof maxmsg) != 0 ||
         zmq_connect(s, self->brokers[i]) != 0) {
         log_warn("probe: %s: %s", self->brokers[i], zmq_strerror(zmq_errno()));
-        zmq_close(s);
+        s_close(s);
         return NULL;
     }
     self->sock[i] = s;
@@ -55,8 +61,7 @@ static void *s_socket(gw_probe_t *self, int i) {
 }
 
 static void s_drop_socket(gw_probe_t *self, int i) {
-    if (self->sock[i])
-        zmq_close(self->sock[i]);
+    s_close(self->sock[i]);
     self->sock[i] = NULL;
 }
 

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import uuid
 from pathlib import Path
 
@@ -201,6 +202,32 @@ def test_path_id_overrides_body_id(api_url, admin_token):
     assert r.json()["id"] == me["id"]
 
 
+def test_uuid_path_parameter_in_upper_case_is_the_same_id(api_url, admin_token):
+    """The gateway hands every uuid path parameter on in lower case: services compare ids as
+    strings, and an upper-case spelling of one's own id slipped past identity's "you cannot
+    deactivate your own account". A second admin, so a regression deactivates only it."""
+    email = "adm-%s@example.test" % secrets.token_hex(4)
+    password = "Adm-Passw0rd-" + secrets.token_hex(4)
+    r = requests.post(api_url + "/admin/users", headers=bearer(admin_token), timeout=30,
+                      json={"email": email, "display_name": "Second Admin", "kind": "admin",
+                            "password": password})
+    assert r.status_code == 201, r.text
+    uid = r.json()["id"]
+    r = requests.post(api_url + "/auth/login", json={"email": email, "password": password},
+                      timeout=30)
+    assert r.status_code == 200, r.text
+    own = bearer(r.json()["token"])
+    r = requests.get(api_url + "/admin/users/" + uid.upper(), headers=own, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["id"] == uid
+    for spelling in (uid, uid.upper(), uid[:8].upper() + uid[8:]):
+        r = requests.patch(api_url + "/admin/users/" + spelling, headers=own,
+                           json={"status": "deactivated"}, timeout=10)
+        assert_error(r, 409, "conflict")
+    r = requests.get(api_url + "/me", headers=own, timeout=10)
+    assert r.status_code == 200 and r.json()["status"] == "active", r.text
+
+
 # ------------------------------------------------------------------ R10: mfa_pending sessions
 
 def test_r10_mfa_pending_session_may_only_enroll(cluster, api_url, extranet_user):
@@ -265,6 +292,36 @@ def test_login_rate_limit_per_account(cluster, identity):
         assert_error(r, 429, "rate_limited")
         assert 1 <= int(r.headers["Retry-After"]) <= 300
         assert_error(attempt(gw, "other-" + email, fresh_ip()), 401, "unauthenticated")
+
+
+def test_body_routes_refuse_query_parameters(cluster, identity, admin_credentials):
+    """A route with a JSON body takes no query parameters: ?email=victim used to override the
+    body's (decoy) email after the rate limiter had counted the decoy, and credentials could
+    travel in URLs. The per-account limit still counts the account the service sees."""
+    with rate_gateway(cluster, EXTRANET_LOGIN_RATE_ACCOUNT="3") as gw:
+        login = gw.url + "/api/v1/auth/login"
+        decoy = "decoy-%s@example.test" % secrets.token_hex(4)
+        tricks = [
+            ("?" + urllib.parse.urlencode({"email": admin_credentials["email"]}),
+             {"email": decoy, "password": admin_credentials["password"]}),
+            ("?" + urllib.parse.urlencode(admin_credentials), {}),
+            ("?" + urllib.parse.urlencode(admin_credentials), None),
+            ("?email", {"email": decoy, "password": "x"}),
+        ]
+        for query, body in tricks:
+            r = requests.post(login + query, json=body, timeout=30,
+                              headers={"X-Forwarded-For": fresh_ip()})
+            assert_error(r, 400, "invalid")
+        victim = "victim-%s@example.test" % secrets.token_hex(4)
+        for i in range(3):
+            assert_error(attempt(gw, victim, fresh_ip()), 401, "unauthenticated")
+        assert_error(attempt(gw, victim, fresh_ip()), 429, "rate_limited")
+        # a decoy in the body cannot reach the limited account any more
+        r = requests.post(login + "?" + urllib.parse.urlencode({"email": victim}), timeout=30,
+                          json={"email": decoy, "password": "wrong-pw"},
+                          headers={"X-Forwarded-For": fresh_ip()})
+        assert_error(r, 400, "invalid")
+        assert_error(attempt(gw, decoy, fresh_ip()), 401, "unauthenticated")
 
 
 def test_login_rate_limit_per_ip(cluster, identity):

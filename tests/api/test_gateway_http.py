@@ -521,6 +521,83 @@ def test_shutdown_answers_suspended_requests_503(cluster):
     assert_error(out["r"], 503, "unavailable")
 
 
+# An LD_PRELOAD shim for the test below: zmq_poll fails (EFAULT) once the file named by
+# GW_SHIM_FAIL_FILE exists, and MHD_quiesce_daemon is slowed down, which widens the window
+# between the loop thread's death and loop_stop() in which requests still arrive.
+LOOP_FAIL_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <time.h>
+#include <unistd.h>
+int zmq_poll(void *items, int n, long timeout) {
+    int (*real)(void *, int, long) = (int (*)(void *, int, long))dlsym(RTLD_NEXT, "zmq_poll");
+    const char *f = getenv("GW_SHIM_FAIL_FILE");
+    if (f && access(f, F_OK) == 0) { errno = EFAULT; return -1; }
+    return real(items, n, timeout);
+}
+int MHD_quiesce_daemon(void *d) {
+    int (*real)(void *) = (int (*)(void *))dlsym(RTLD_NEXT, "MHD_quiesce_daemon");
+    struct timespec ts = {0, 800L * 1000000L};
+    nanosleep(&ts, NULL);
+    return real(d);
+}
+"""
+
+
+def test_dead_loop_thread_answers_every_request(cluster, tmp_path):
+    """When the ZeroMQ loop thread dies (zmq_poll fails), the gateway stops: requests that
+    arrive after its death used to wait in the queue forever, and MHD_stop_daemon() then
+    aborted on their suspended connections. Now each gets 503 and the exit code is 1."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler for the LD_PRELOAD shim")
+    src, shim = tmp_path / "shim.c", tmp_path / "shim.so"
+    src.write_text(LOOP_FAIL_SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(shim), str(src), "-ldl"], check=True)
+    preload = [str(shim)]
+    ldd = subprocess.run(["ldd", str(cluster.gateway_bin())], capture_output=True, text=True)
+    m = re.search(r"libasan\.so\S* => (\S+)", ldd.stdout)
+    if m:   # a sanitizer build: its runtime must come first
+        preload.insert(0, m.group(1))
+    fail_file = tmp_path / "fail"
+    gw = debug_gateway(cluster, LD_PRELOAD=":".join(preload), GW_SHIM_FAIL_FILE=str(fail_file))
+    stop, results = threading.Event(), []
+
+    def client():
+        with requests.Session() as sess:
+            while not stop.is_set():
+                t0 = time.monotonic()
+                try:
+                    r = sess.get(gw.url + "/api/v1/debug/echo?sleep_ms=0", timeout=8)
+                    results.append((r.status_code, time.monotonic() - t0))
+                except requests.ConnectionError:   # refused once it stopped listening
+                    results.append(("closed", time.monotonic() - t0))
+                    time.sleep(0.01)
+                except requests.RequestException as e:
+                    results.append((repr(e), time.monotonic() - t0))
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        fail_file.touch()
+        rc = gw.proc.wait(15)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(20)
+        gw.stop()
+    log = gw.log.read_text(errors="replace")
+    assert "zmq_poll" in log and "the gateway stops" in log, log
+    assert rc == 1, "exit code %s:\n%s" % (rc, log[-3000:])
+    codes = {c for c, _ in results}
+    assert 200 in codes and 503 in codes, codes
+    assert codes <= {200, 503, "closed"}, codes
+    assert max(took for _, took in results) < 3, sorted(took for _, took in results)[-5:]
+
+
 # ------------------------------------------------------------------ connections
 
 def test_idle_keepalive_connections_do_not_block(cluster):
