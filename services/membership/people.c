@@ -44,8 +44,10 @@ void people_contacts(svc_thread_t *t, svc_call_t *call) {
         return;
     }
     for (size_t i = 0; i < nu; i++) {
-        /* Everyone here shares a group with the caller, so R4 shows them to every kind. */
-        if (!rules_person_visible(k, false, rules_ukind_parse(us[i].kind), true))
+        /* Everyone here shares a group with the caller, so R4 shows them to every kind; a
+         * deactivated account is nobody to contact any more. */
+        if (!rules_person_visible(k, false, rules_ukind_parse(us[i].kind), true) ||
+            strcmp(us[i].status, "active") != 0)
             continue;
         if (!(reply.people[reply.n_people] = s_person(call->arena, &us[i]))) {
             svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
