@@ -146,8 +146,10 @@ void auth_login(svc_thread_t *t, svc_call_t *call) {
     }
     if (password_needs_rehash(u.password_hash)) {
         char hash[PASSWORD_HASH_LEN];
-        if (password_hash(req->password, hash) != 0 ||
-            store_user_set_password(t->pg, u.user->id, hash) != 0)
+        int r = password_hash(req->password, hash) != 0
+                    ? -EIO
+                    : store_user_rehash_password(t->pg, u.user->id, u.password_hash, hash);
+        if (r != 0 && r != -ENOENT) /* -ENOENT: changed meanwhile, the new one stays */
             log_warn("could not upgrade the password hash of user %s", u.user->id);
     }
     if (u.user->mfa_enabled) {

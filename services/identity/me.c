@@ -133,14 +133,18 @@ void me_mfa_confirm(svc_thread_t *t, svc_call_t *call) {
     reply.n_recovery_codes = TOTP_RECOVERY_COUNT;
     char *salt_arr = call_array_literal(call->arena, salts, TOTP_RECOVERY_COUNT);
     char *hash_arr = call_array_literal(call->arena, hashes, TOTP_RECOVERY_COUNT);
-    store_hashes_t h = {0};
+    store_hashes_t h = {0}, others = {0};
     if (!salt_arr || !hash_arr) {
         svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
         return;
     }
+    /* mfa_pending is the user's, not the session's: confirming would lift R10 for every other
+     * password-only session too (e.g. someone who had only the password). They are revoked. */
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_mfa_confirm(t->pg, u.user->id, m.secret_enc, step)) != 0 ||
         (rc = store_recovery_replace(t->pg, u.user->id, salt_arr, hash_arr)) != 0 ||
+        (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_OTHERS, u.user->id,
+                                    call_actor(call)->session_id, &others)) != 0 ||
         (rc = store_sessions_invalidate_user(t->pg, call->arena, u.user->id, &h)) != 0 ||
         (rc = call_audit(t, call, NULL, "auth.mfa_confirmed", "user", u.user->id, "ok", NULL)) !=
             0) {
@@ -151,14 +155,27 @@ void me_mfa_confirm(svc_thread_t *t, svc_call_t *call) {
             call_store_fail(call, rc, "2FA");
         return;
     }
+    /* The revoked sessions' cache entries go before the commit too: without Redis nothing
+     * changes and the user retries, rather than 2FA being on while they are still cached
+     * (or being on without this answer's recovery codes). The delete after the commit below
+     * catches a fill that raced with this one. */
+    if (sessions_cache_delete(t->redis, others.hashes, others.n) != 0) {
+        pg_rollback(t->pg);
+        svc_fail(call, EXTRANET__STATUS__UNAVAILABLE,
+                 "the session cache cannot be reached; nothing changed, try again");
+        return;
+    }
     call_notice(t, u.user, "Two-factor authentication enabled",
-                "Two-factor authentication was enabled for your account.");
+                "Two-factor authentication was enabled for your account; your other sessions "
+                "were signed out.");
     if ((rc = pg_commit(t->pg)) != 0) {
         call_store_fail(call, rc, "2FA");
         return;
     }
-    /* The cached entries say mfa_pending=1: a stale one only restricts (up to 60 s), so a
-     * Redis failure here is left to the tick instead of failing the confirmation. */
+    if (call_after_revoke(t, call->arena, u.user->id, &others, "mfa_confirmed") != 0)
+        log_warn("2FA confirmed for user %s: revoked sessions left to the tick", u.user->id);
+    /* This session's cached entry says mfa_pending=1: a stale one only restricts (up to 60 s),
+     * so a Redis failure here is left to the tick instead of failing the confirmation. */
     (void)call_after_revoke(t, call->arena, u.user->id, &h, NULL);
     log_info("2FA confirmed for user %s", u.user->id);
     svc_reply_ok(call, &reply.base);
@@ -251,7 +268,23 @@ void me_change_password(svc_thread_t *t, svc_call_t *call) {
     }
     if (s_me_or_reply(t, call, &u) != 0)
         return;
+    /* The old password is a password guess like a sign-in's (a stolen session must not make
+     * it an oracle): the same per-account backoff, keyed like Login's (emails are stored
+     * lower-cased). */
+    char account[SESSIONS_HASH_LEN + 1];
+    sessions_token_hash(u.user->email, account);
+    int wait = 0;
+    if (store_login_wait(t->pg, account, &wait) == 0 && wait > 0) {
+        call_audit_alone(t, call, NULL, "user.password_changed", "user", u.user->id, "denied",
+                         "{\"reason\":\"rate_limited\"}");
+        svc_fail(call, EXTRANET__STATUS__RATE_LIMITED,
+                 "too many wrong passwords; try again in %d seconds", wait);
+        call->retry_after_s = wait;
+        return;
+    }
     if (!password_verify(u.password_hash, req->old_password)) {
+        if (store_login_failed(t->pg, account) != 0)
+            log_warn("could not count a wrong old password of user %s", u.user->id);
         call_audit_alone(t, call, NULL, "user.password_changed", "user", u.user->id, "fail",
                          "{\"reason\":\"bad_old_password\"}");
         svc_fail(call, EXTRANET__STATUS__INVALID, "old_password is wrong");
@@ -279,6 +312,8 @@ void me_change_password(svc_thread_t *t, svc_call_t *call) {
         call_store_fail(call, rc, "user");
         return;
     }
+    if (store_login_ok(t->pg, account) != 0)
+        log_warn("could not reset the sign-in backoff of user %s", u.user->id);
     log_info("password changed by user %s", u.user->id);
     if (call_after_revoke(t, call->arena, u.user->id, &h, "password") != 0) {
         svc_fail(call, EXTRANET__STATUS__UNAVAILABLE,

@@ -128,7 +128,13 @@ const char *rules_rfc3339_check(const char *ts) {
     int mon = (ts[5] - '0') * 10 + (ts[6] - '0'), day = (ts[8] - '0') * 10 + (ts[9] - '0');
     int hh = (ts[11] - '0') * 10 + (ts[12] - '0'), mm = (ts[14] - '0') * 10 + (ts[15] - '0');
     int ss = (ts[17] - '0') * 10 + (ts[18] - '0');
-    if (mon < 1 || mon > 12 || day < 1 || day > 31 || hh > 23 || mm > 59 || ss > 60)
+    int year = ((ts[0] - '0') * 10 + (ts[1] - '0')) * 100 + (ts[2] - '0') * 10 + (ts[3] - '0');
+    /* Days of the month with leap years, and no year 0: PostgreSQL refuses impossible dates
+     * with an error, which must be the caller's 400, not our 500. */
+    static const int mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    bool leap = (year % 4 == 0 && year % 100 != 0) || year % 400 == 0;
+    if (year < 1 || mon < 1 || mon > 12 || day < 1 || day > mdays[mon - 1] ||
+        (mon == 2 && day == 29 && !leap) || hh > 23 || mm > 59 || ss > 60)
         return msg;
     const char *p = ts + 19;
     if (*p == '.') {
@@ -146,7 +152,7 @@ const char *rules_rfc3339_check(const char *ts) {
     if ((*p == '+' || *p == '-') && s_digits(p + 1, 2) && p[3] == ':' && s_digits(p + 4, 2) &&
         p[6] == '\0') {
         int oh = (p[1] - '0') * 10 + (p[2] - '0'), om = (p[4] - '0') * 10 + (p[5] - '0');
-        if (oh <= 23 && om <= 59)
+        if (oh <= 15 && om <= 59) /* PostgreSQL's range (real zones: -12:00..+14:00) */
             return NULL;
     }
     return msg;

@@ -37,6 +37,11 @@ const pg_stmt_t identity_statements[] = {
      3},
     {"user_set_password",
      "UPDATE users SET password_hash = $2, updated_at = now() WHERE id = $1::uuid RETURNING id", 2},
+    /* Only over the hash that was verified: a password changed meanwhile stays changed. */
+    {"user_rehash_password",
+     "UPDATE users SET password_hash = $2 WHERE id = $1::uuid AND password_hash = $3 "
+     "RETURNING id",
+     3},
     {"user_update",
      "UPDATE users SET display_name = coalesce($2, display_name), status = coalesce($3, status), "
      "expires_at = CASE WHEN $5::boolean THEN NULL "
@@ -107,12 +112,15 @@ const pg_stmt_t identity_statements[] = {
     {"session_invalidate_user",
      "INSERT INTO pending_invalidations (token_hash) "
      "SELECT token_hash FROM sessions WHERE user_id = $1::uuid "
-     "ON CONFLICT DO NOTHING RETURNING '' AS id, token_hash",
+     "ON CONFLICT (token_hash) DO UPDATE SET attempts = pending_invalidations.attempts "
+     "RETURNING '' AS id, token_hash",
      1},
     {"session_invalidate_extranet",
      "INSERT INTO pending_invalidations (token_hash) "
      "SELECT s.token_hash FROM sessions s JOIN users u ON u.id = s.user_id "
-     "WHERE u.kind = 'extranet' ON CONFLICT DO NOTHING RETURNING '' AS id, token_hash",
+     "WHERE u.kind = 'extranet' "
+     "ON CONFLICT (token_hash) DO UPDATE SET attempts = pending_invalidations.attempts "
+     "RETURNING '' AS id, token_hash",
      0},
     {"pending_done", "DELETE FROM pending_invalidations WHERE token_hash = ANY ($1::text[])", 1},
     {"pending_batch",
@@ -356,6 +364,12 @@ int store_admin_first(pg_t *pg, const char *email, const char *display_name, con
 int store_user_set_password(pg_t *pg, const char *id, const char *hash) {
     const char *params[] = {id, hash};
     return s_exec_one(pg, "user_set_password", params);
+}
+
+int store_user_rehash_password(pg_t *pg, const char *id, const char *old_hash,
+                               const char *new_hash) {
+    const char *params[] = {id, new_hash, old_hash};
+    return s_exec_one(pg, "user_rehash_password", params);
 }
 
 int store_user_update(pg_t *pg, const char *id, const char *display_name, const char *status,

@@ -30,6 +30,10 @@ int store_user_insert(pg_t *pg, arena_t *a, const char *email, const char *displ
 int store_admin_first(pg_t *pg, const char *email, const char *display_name, const char *hash,
                       bool *ret_created) WUR;
 int store_user_set_password(pg_t *pg, const char *id, const char *hash) WUR;
+/* Replaces the hash (a stronger one of the same password) only while it is still old_hash:
+ * -ENOENT when the password was changed meanwhile (nothing to do then). */
+int store_user_rehash_password(pg_t *pg, const char *id, const char *old_hash,
+                               const char *new_hash) WUR;
 /* NULL arguments leave a column unchanged; clear_expires wins over expires_at. */
 int store_user_update(pg_t *pg, const char *id, const char *display_name, const char *status,
                       const char *expires_at, bool clear_expires) WUR;

@@ -180,6 +180,24 @@ def test_r10_extranet_without_2fa_can_only_enroll(api, admin):
     error_of(api.call("POST", "/me/mfa/enroll", tok), 409, "conflict")
 
 
+def test_r10_confirming_2fa_signs_out_the_other_sessions(api, admin):
+    """mfa_pending belongs to the user: confirming 2FA in one session used to lift R10 for
+    every other password-only session of the user as well (e.g. someone who had only the
+    password). They are revoked, cache entries included; the confirming session goes on."""
+    u = new_user(api, admin, kind="extranet")
+    intruder, owner = api.token(u["email"]), api.token(u["email"])
+    for tok in (intruder, owner):   # both cached in Redis as mfa_pending sessions
+        assert api.call("GET", "/me", tok).status_code == 200
+    error_of(api.call("GET", "/me/sessions", intruder), 403, "mfa_enrollment_required")
+    enroll(api, owner)
+    error_of(api.call("GET", "/me/sessions", intruder), 401, "unauthenticated")
+    error_of(api.call("GET", "/me", intruder), 401, "unauthenticated")
+    r = api.call("GET", "/me/sessions", owner)
+    assert r.status_code == 200, r.text
+    assert [s["current"] for s in r.json()["sessions"]] == [True]
+    assert api.call("GET", "/me", owner).json()["mfa_enabled"] is True
+
+
 def test_2fa_login_with_oathtool_codes_replay_and_recovery(api, admin, idc):
     u = new_user(api, admin, kind="extranet")
     tok = api.token(u["email"])
@@ -368,6 +386,70 @@ def test_own_sessions_and_password_change(api, admin, idc):
     assert api.login(u["email"], "Another-Passw0rd").status_code == 200
     m = wait_mail(idc, u["email"], "password was changed")
     assert "Another-Passw0rd" not in m.get_body(preferencelist=("plain",)).get_content()
+
+
+def test_wrong_old_passwords_back_off_like_sign_ins(api, admin):
+    """A stolen session must not make POST /me/password an unlimited password oracle: wrong
+    old passwords count in the account's sign-in backoff (five free, then 1 s, 2 s, ...), and
+    the change that succeeds resets it."""
+    u = new_user(api, admin)
+    tok = api.token(u["email"])
+    body = {"new_password": "Another-Passw0rd"}
+    for i in range(10):
+        r = api.call("POST", "/me/password", tok, dict(body, old_password="Wrong-%d" % i))
+        if r.status_code == 429:
+            break
+        error_of(r, 400, "invalid")
+    error_of(r, 429, "rate_limited")
+    assert i == 6, i
+    assert 1 <= int(r.headers["Retry-After"]) <= 2
+    # the right one waits too, and so do sign-ins of the account
+    r = api.call("POST", "/me/password", tok, dict(body, old_password=PASSWORD))
+    error_of(r, 429, "rate_limited")
+    error_of(api.login(u["email"], PASSWORD), 429, "rate_limited")
+    time.sleep(int(r.headers["Retry-After"]) + 0.2)
+    r = api.call("POST", "/me/password", tok, dict(body, old_password=PASSWORD))
+    assert r.status_code == 204, r.text
+    for _ in range(5):   # reset: five failures are free again
+        error_of(api.login(u["email"], "Wrong-Passw0rd"), 401, "unauthenticated")
+    assert api.login(u["email"], "Another-Passw0rd").status_code == 200
+
+
+def test_invalidation_already_pending_still_clears_the_cache_at_once(api, admin, idc):
+    """A session whose cache entry was already queued in pending_invalidations (a Redis
+    failure earlier; the tick not there yet) used to be left out of the next invalidation's
+    immediate delete (INSERT .. ON CONFLICT DO NOTHING RETURNING returns new rows only)."""
+    import hashlib
+    u = new_user(api, admin)
+    tok = api.token(u["email"])
+    h = hashlib.sha256(tok.encode()).hexdigest()
+    assert api.call("GET", "/me", tok).status_code == 200
+    assert idc.redis_command("EXISTS", "sess:" + h) == 1
+    # The tick clears 100 rows a second, oldest first: 1,000 older rows keep ours queued.
+    idc.psql("INSERT INTO identity.pending_invalidations (token_hash, created_at) "
+             "SELECT 'gwfix-filler-' || g, now() - interval '1 hour' "
+             "FROM generate_series(1, 1000) g; "
+             "INSERT INTO identity.pending_invalidations (token_hash) VALUES (:'h')", h=h)
+    try:
+        past = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - 5))
+        r = api.call("PATCH", "/admin/users/" + u["id"], admin, {"expires_at": past})
+        assert r.status_code == 200, r.text
+        assert idc.redis_command("EXISTS", "sess:" + h) == 0
+        error_of(api.call("GET", "/me", tok), 401, "unauthenticated")
+    finally:
+        idc.psql("DELETE FROM identity.pending_invalidations "
+                 "WHERE token_hash LIKE 'gwfix-filler-%'")
+
+
+@pytest.mark.parametrize("expires_at", ["2026-02-31T00:00:00Z", "2027-02-29T12:00:00Z",
+                                        "2030-01-01T00:00:00+23:59", "0000-01-01T00:00:00Z"])
+def test_impossible_dates_are_400_not_500(api, admin, expires_at):
+    u = new_user(api, admin)
+    error_of(api.call("PATCH", "/admin/users/" + u["id"], admin, {"expires_at": expires_at}),
+             400, "invalid")
+    error_of(api.call("POST", "/admin/users", admin,
+                      {"email": "d-%s@example.test" % uuid.uuid4().hex[:8],
+                       "password": PASSWORD, "expires_at": expires_at}), 400, "invalid")
 
 
 @pytest.mark.parametrize("body", [

@@ -269,6 +269,21 @@ static void test_rules_input(void **state) {
     assert_non_null(rules_rfc3339_check("2026-11-25T10:00:00"));
     assert_non_null(rules_rfc3339_check("2026-11-25T10:00:00Zjunk"));
     assert_non_null(rules_rfc3339_check("tomorrow"));
+    /* impossible dates and offsets (PostgreSQL refused them: a 500 before) */
+    assert_non_null(rules_rfc3339_check("2026-02-31T00:00:00Z"));
+    assert_non_null(rules_rfc3339_check("2026-04-31T00:00:00Z"));
+    assert_non_null(rules_rfc3339_check("2026-02-29T00:00:00Z"));
+    assert_non_null(rules_rfc3339_check("1900-02-29T00:00:00Z"));
+    assert_null(rules_rfc3339_check("2000-02-29T00:00:00Z"));
+    assert_null(rules_rfc3339_check("2028-02-29T00:00:00Z"));
+    assert_null(rules_rfc3339_check("2026-12-31T23:59:60Z"));
+    assert_null(rules_rfc3339_check("2026-01-31T00:00:00Z"));
+    assert_non_null(rules_rfc3339_check("0000-01-01T00:00:00Z"));
+    assert_null(rules_rfc3339_check("0001-01-01T00:00:00Z"));
+    assert_null(rules_rfc3339_check("2026-11-25T10:00:00+15:59"));
+    assert_null(rules_rfc3339_check("2026-11-25T10:00:00-15:59"));
+    assert_non_null(rules_rfc3339_check("2026-11-25T10:00:00+16:00"));
+    assert_non_null(rules_rfc3339_check("9999-12-31T23:59:60+23:59"));
     assert_non_null(rules_rfc3339_check(NULL));
 
     assert_null(rules_kind_check("employee", false));
