@@ -415,6 +415,45 @@ def test_wrong_old_passwords_back_off_like_sign_ins(api, admin):
     assert api.login(u["email"], "Another-Passw0rd").status_code == 200
 
 
+def test_rehash_on_login_does_not_undo_a_concurrent_password_change(api, admin, idc):
+    """A sign-in with a hash of other parameters stores a new hash of the password it verified.
+    Written unconditionally, it undid a password change that committed meanwhile (the old
+    password worked again). Slow stored hash (argon2id t=24, made with libsodium here): the
+    change verifies it and commits while the sign-in, started 0.3 s later, still verifies."""
+    import ctypes
+    import ctypes.util
+    import threading
+    sodium = ctypes.CDLL(ctypes.util.find_library("sodium") or "libsodium.so.23")
+    assert sodium.sodium_init() >= 0
+    pw = PASSWORD.encode()
+    slow = ctypes.create_string_buffer(128)
+    assert sodium.crypto_pwhash_str(slow, pw, ctypes.c_ulonglong(len(pw)), ctypes.c_ulonglong(24),
+                                    ctypes.c_size_t(64 << 20)) == 0
+    u = new_user(api, admin)
+    tok = api.token(u["email"])
+    idc.psql("UPDATE identity.users SET password_hash = :'h' WHERE id = :'id'",
+             h=slow.value.decode(), id=u["id"])
+    out = {}
+
+    def change():
+        out["change"] = Api(idc.base_url).call("POST", "/me/password", tok,
+                                               {"old_password": PASSWORD,
+                                                "new_password": "Another-Passw0rd"})
+
+    def login():
+        time.sleep(0.3)
+        out["login"] = Api(idc.base_url).login(u["email"], PASSWORD)
+    threads = [threading.Thread(target=change), threading.Thread(target=login)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert out["change"].status_code == 204, out["change"].text
+    assert out["login"].status_code in (200, 401), out["login"].text  # 401: came too late
+    assert api.login(u["email"], "Another-Passw0rd").status_code == 200
+    error_of(api.login(u["email"], PASSWORD), 401, "unauthenticated")
+
+
 def test_invalidation_already_pending_still_clears_the_cache_at_once(api, admin, idc):
     """A session whose cache entry was already queued in pending_invalidations (a Redis
     failure earlier; the tick not there yet) used to be left out of the next invalidation's
