@@ -100,9 +100,9 @@ static void s_append(svc_thread_t *t, svc_call_t *call) {
         return;
     }
     *q++ = '{';
-    for (size_t i = 0; i < rq->n_records; i++) {
-        q += sprintf(q, "%s%s", i ? "," : "", rq->records[i]->event_id);
-    }
+    /* every id was checked to be a 36-char uuid: len has room for each plus its comma */
+    for (size_t i = 0; i < rq->n_records; i++)
+        q += snprintf(q, (size_t)(arr + len - q), "%s%s", i ? "," : "", rq->records[i]->event_id);
     *q++ = '}';
     *q = '\0';
 

@@ -183,7 +183,8 @@ int audit_store_query(pg_t *pg, arena_t *a, const audit_filter_t *f, int64_t aft
         return rc;
     int n = PQntuples(res);
     if (n > 0) {
-        Extranet__Audit__Record **arr = arena_alloc(a, sizeof(*arr) * (size_t)n);
+        Extranet__Audit__Record **arr =
+            arena_alloc(a, sizeof(Extranet__Audit__Record *) * (size_t)n);
         Extranet__Audit__Record *rows = arena_alloc(a, sizeof(*rows) * (size_t)n);
         if (!arr || !rows) {
             rc = -ENOMEM;

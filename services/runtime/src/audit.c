@@ -96,7 +96,7 @@ static char *s_col(arena_t *a, PGresult *res, int row, const char *name) {
 static int s_batch_fill(arena_t *a, PGresult *res, Extranet__Audit__AppendRequest *req,
                         char **ret_ids) {
     int n = PQntuples(res);
-    req->records = arena_alloc(a, sizeof(*req->records) * (size_t)n);
+    req->records = arena_alloc(a, sizeof(Extranet__Audit__Record *) * (size_t)n);
     Extranet__Audit__Record *recs = arena_alloc(a, sizeof(*recs) * (size_t)n);
     char **ids = arena_alloc(a, sizeof(char *) * (size_t)n);
     size_t idlen = 3;
