@@ -1,0 +1,55 @@
+#!/bin/bash
+# deploy/postgres/db-init.sh: one PostgreSQL role and one schema per service, owned by that role,
+# and nothing else for it (DESIGN.md §9). Idempotent: safe on every start (compose's db-init
+# service, a Kubernetes Job) and as a /docker-entrypoint-initdb.d script of the postgres image.
+# Connects as an admin role with the libpq variables (PGHOST, PGPORT, PGUSER, PGPASSWORD,
+# PGDATABASE), falling back to the postgres image's POSTGRES_USER / POSTGRES_DB.
+#   EXTRANET_DB_SERVICES          services to set up (identity expiry audit membership tasks
+#                                 calendar files chat)
+#   EXTRANET_DB_PASSWORD_<NAME>   that service's password (e.g. EXTRANET_DB_PASSWORD_IDENTITY);
+#                                 unset: the role is created NOLOGIN until a password is given
+set -Eeuo pipefail
+
+db="${PGDATABASE:-${POSTGRES_DB:-extranet}}"
+user="${PGUSER:-${POSTGRES_USER:-postgres}}"
+services="${EXTRANET_DB_SERVICES:-identity expiry audit membership tasks calendar files chat}"
+psql=(psql -X -q -v ON_ERROR_STOP=1 --username "$user" --dbname "$db")
+
+# Over TCP the server may still be starting: retry for up to a minute.
+for i in $(seq 1 60); do
+    if "${psql[@]}" -c 'SELECT 1' >/dev/null 2>&1; then break; fi
+    [ "$i" = 60 ] && { echo "db-init: cannot connect to database $db as $user" >&2; "${psql[@]}" -c 'SELECT 1'; exit 1; }
+    sleep 1
+done
+
+# Nobody but the admin and the service roles may connect; nobody may create in public.
+"${psql[@]}" --set db="$db" <<'SQL'
+REVOKE ALL ON DATABASE :"db" FROM PUBLIC;
+REVOKE ALL ON SCHEMA public FROM PUBLIC;
+SQL
+
+for svc in $services; do
+    case "$svc" in
+    *[!a-z0-9_]* | "" | [0-9]*) echo "db-init: bad service name '$svc'" >&2; exit 1 ;;
+    esac
+    var="EXTRANET_DB_PASSWORD_$(echo "$svc" | tr '[:lower:]' '[:upper:]')"
+    pw="${!var:-}"
+    if [ -n "$pw" ]; then login=LOGIN; else login=NOLOGIN; fi
+    # psql variables (:'x' literal, :"x" identifier) quote the values: no SQL injection.
+    "${psql[@]}" --set role="$svc" --set pw="$pw" --set db="$db" --set login="$login" <<'SQL'
+SELECT format('CREATE ROLE %I', :'role')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role') \gexec
+ALTER ROLE :"role" WITH :login NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+SELECT format('ALTER ROLE %I PASSWORD %L', :'role', :'pw') WHERE :'pw' <> '' \gexec
+SELECT format('CREATE SCHEMA %I AUTHORIZATION %I', :'role', :'role')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :'role') \gexec
+ALTER SCHEMA :"role" OWNER TO :"role";
+REVOKE ALL ON SCHEMA :"role" FROM PUBLIC;
+-- CONNECT, and CREATE on the database: pg_migrate runs CREATE SCHEMA IF NOT EXISTS, which
+-- PostgreSQL checks against the database's CREATE right even when the schema exists. It
+-- lets the role create new schemas, never enter another service's (owned by that service).
+GRANT CONNECT, TEMPORARY, CREATE ON DATABASE :"db" TO :"role";
+ALTER ROLE :"role" IN DATABASE :"db" SET search_path = :"role";
+SQL
+    echo "db-init: role and schema $svc ($login)"
+done
