@@ -41,6 +41,7 @@ if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
         [ -e "$f" ] || continue
         case "$f" in
         *.sh)
+            # shellcheck disable=SC1090  # the init scripts are the user's, named at run time
             if [ -x "$f" ]; then echo "running $f"; "$f"; else echo "sourcing $f"; . "$f"; fi ;;
         *.sql) echo "running $f"; "${psql[@]}" -f "$f" ;;
         *.sql.gz) echo "running $f"; gunzip -c "$f" | "${psql[@]}" ;;
