@@ -217,6 +217,40 @@ def test_audit_routes_are_for_admins_only(api):
         assert api.call("GET", path).status_code == 401
 
 
+def test_audit_routes_refuse_extranet_users(api):
+    email, _, _ = api.new_user(kind="extranet")
+    tok = api.call("POST", "/auth/login", body={"email": email, "password": PASSWORD},
+                   expect=200).json()["token"]
+    for path in ("/admin/audit", "/admin/audit/verify", "/admin/audit/export"):
+        r = api.call("GET", path, tok)
+        assert r.status_code == 403, (path, r.text)
+        assert "records" not in r.text and "hash" not in r.text
+
+
+def test_two_identity_copies_relay_each_record_once(api, cluster):
+    """Both copies' relays ship from the one outbox while actions commit (FOR UPDATE SKIP
+    LOCKED): disjoint rows, so audit never even sees a duplicate."""
+    _, uid, _ = api.new_user()
+    copy = cluster.add_copy("identity")
+
+    def dup_lines():
+        logs = list(cluster.log_dir.glob("audit*.log"))
+        return sum(p.read_text(errors="replace").count("duplicates dropped") for p in logs)
+    dups_before = dup_lines()
+    try:
+        # audit stays up: a stopped audit could still get a timed-out Append the broker had
+        # queued, and the re-ship of those rows would be a legitimate duplicate
+        rids = [api.admin("PATCH", "/admin/users/" + uid, {"display_name": "C%d" % i},
+                          expect=200).headers["X-Request-Id"] for i in range(300)]
+        recs = api.wait_records(300, timeout=60, action="user.updated", target_id=uid)
+        assert sorted(r["request_id"] for r in recs) == sorted(rids)
+        # and neither copy shipped a row the other was shipping (audit saw no duplicates)
+        assert dup_lines() == dups_before
+    finally:
+        cluster.stop_service(copy)
+    assert api.verify()["ok"]
+
+
 def test_query_filters_paging_and_export(api):
     email, uid, _ = api.new_user()
     rids = []
