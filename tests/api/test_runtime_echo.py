@@ -595,3 +595,155 @@ def test_runtime_tick_thread_publishes_events(tmp_path):
         broker.stop()
         ctx.term()
     echo.assert_clean()
+
+
+def _recv_for(client, rids, timeout):
+    """Replies to the given request ids (others are skipped) until all came or timeout."""
+    got = {}
+    end = time.monotonic() + timeout
+    while len(got) < len(rids) and time.monotonic() < end:
+        rep = client.recv(end - time.monotonic())
+        if rep is None:
+            break
+        if rep.request_id in rids:
+            got[rep.request_id] = rep
+    return got
+
+
+def test_runtime_multi_frame_request_answered_not_wedged(tmp_path):
+    """RFC 7 lets a client send a multi-frame body and the broker forwards up to 32 frames. The
+    echo contract is one body frame, so such a request is answered INVALID; before, the worker
+    dropped it without a REPLY and the broker kept that worker busy for ever (one wedged
+    handler per request)."""
+    tmp = str(tmp_path)
+    broker = Broker(tmp)
+    echo = Echo(tmp, broker, threads=2, name="echo-frames.log")
+    ctx = zmq.Context()
+    c = Client(ctx, broker.mdp)
+    try:
+        _wait_all_threads(c, 2)
+        env = pb.Request(request_id="multi", method="echo.Echo",
+                         deadline_ms=_now_ms() + 10000).SerializeToString()
+        # 4 body frames, then the most the broker forwards (32 frames with identity, empty,
+        # header and service): one per handler thread, so both would be wedged.
+        for nbody in (4, 28):
+            c.sock.send_multipart([b"", b"MDPC01", b"echo", env] + [b"x"] * (nbody - 1))
+        for _ in range(2):
+            rep = c.recv(5)
+            assert rep is not None, "no REPLY to a multi-frame request"
+            assert rep.status == pb.INVALID, rep
+        rids = [c.send(data=b"after %d" % i) for i in range(4)]
+        got = _recv_for(c, set(rids), 5)
+        assert len(got) == 4, "echo wedged after multi-frame requests"
+        assert echo.stop() == 0, echo.text()[-4000:]
+    finally:
+        c.close()
+        echo.stop()
+        broker.stop()
+        ctx.term()
+    echo.assert_clean()
+    broker.assert_clean()
+
+
+def test_runtime_big_reply_survives_sigterm(tmp_path):
+    """SIGTERM while handlers work on requests with ~4 MiB replies: every reply still reaches
+    the client (the link sockets linger for the last REPLY/DISCONNECT instead of discarding
+    them at close). Several rounds, four replies each, since the loss was a race."""
+    size = 4 * 1024 * 1024 - 16 * 1024
+    for rnd in range(4):
+        tmp = str(tmp_path / ("r%d" % rnd))
+        os.makedirs(tmp)
+        broker = Broker(tmp)
+        echo = Echo(tmp, broker, threads=4, name="echo-big.log")
+        ctx = zmq.Context()
+        c = Client(ctx, broker.mdp)
+        try:
+            _wait_all_threads(c, 4)
+            rids = [c.send(data=bytes([65 + i]) * size, sleep_ms=500) for i in range(4)]
+            time.sleep(0.3)
+            echo.p.send_signal(signal.SIGTERM)
+            got = _recv_for(c, set(rids), 10)
+            assert echo.p.wait(10) == 0, echo.text()[-4000:]
+            assert len(got) == 4, "round %d: %d of 4 big replies lost in the drain" % (
+                rnd, 4 - len(got))
+            for i, rid in enumerate(rids):
+                assert _echo_reply(got[rid]).data == bytes([65 + i]) * size
+        finally:
+            c.close()
+            echo.stop()
+            broker.stop()
+            ctx.term()
+        echo.assert_clean()
+
+
+class _ScriptedBroker:
+    """A ROUTER the echo registers with as its broker, driven by hand (for frames a real broker
+    never sends)."""
+
+    def __init__(self, ctx):
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.bind("tcp://127.0.0.1:*")
+        self.mdp = self.sock.getsockopt(zmq.LAST_ENDPOINT).decode()
+        pub = ctx.socket(zmq.XSUB)  # somewhere for the echo's event PUB to connect
+        pub.setsockopt(zmq.LINGER, 0)
+        pub.bind("tcp://127.0.0.1:*")
+        self.pub = pub
+        self.events_pub = pub.getsockopt(zmq.LAST_ENDPOINT).decode()
+
+    def recv_cmd(self, timeout, skip=(b"\x04",)):
+        """(worker id, command, rest) of the next command not in skip, or None."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if not self.sock.poll(max(1, int((end - time.monotonic()) * 1000))):
+                return None
+            f = self.sock.recv_multipart()
+            assert len(f) >= 4 and f[1] == b"" and f[2] == b"MDPW01", f
+            if f[3] not in skip:
+                return f[0], f[3], f[4:]
+        return None
+
+    def close(self):
+        self.sock.close()
+        self.pub.close()
+
+
+def test_runtime_scripted_broker_bad_request_and_disconnect_in_drain(tmp_path):
+    """A REQUEST with a non-empty delimiter still gets a REPLY (INVALID): the broker holds the
+    worker busy until it answers. And once the broker said DISCONNECT during our drain, the
+    worker sends nothing more on that session, not even the REPLY it was working on (RFC 7)."""
+    tmp = str(tmp_path)
+    ctx = zmq.Context()
+    sb = _ScriptedBroker(ctx)
+    echo = Echo(tmp, sb, threads=1, name="echo-scripted.log")
+    try:
+        got = sb.recv_cmd(10)
+        assert got is not None and got[1] == b"\x01" and got[2] == [b"echo"], got
+        wid = got[0]
+        env = pb.Request(request_id="r1", method="echo.Echo", deadline_ms=_now_ms() + 10000,
+                         payload=pb.EchoRequest(data=b"x").SerializeToString())
+        sb.sock.send_multipart([wid, b"", b"MDPW01", b"\x02", b"client-1", b"oops",
+                                env.SerializeToString()])
+        got = sb.recv_cmd(5)
+        assert got is not None and got[1] == b"\x03", got
+        assert got[2][0] == b"client-1" and got[2][1] == b""
+        rep = pb.Reply()
+        rep.ParseFromString(got[2][2])
+        assert rep.status == pb.INVALID
+
+        env = pb.Request(request_id="r2", method="echo.Echo", deadline_ms=_now_ms() + 10000,
+                         payload=pb.EchoRequest(data=b"y", sleep_ms=800).SerializeToString())
+        sb.sock.send_multipart([wid, b"", b"MDPW01", b"\x02", b"client-2", b"",
+                                env.SerializeToString()])
+        time.sleep(0.3)
+        echo.p.send_signal(signal.SIGTERM)
+        time.sleep(0.1)
+        sb.sock.send_multipart([wid, b"", b"MDPW01", b"\x05"])
+        got = sb.recv_cmd(2, skip=())
+        assert got is None, "worker spoke after the broker's DISCONNECT: %r" % (got,)
+        assert echo.p.wait(10) == 0, echo.text()[-4000:]
+    finally:
+        echo.stop()
+        sb.close()
+        ctx.term()
+    echo.assert_clean()

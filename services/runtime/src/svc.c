@@ -24,8 +24,16 @@
 #define ARENA_LIMIT (64u * 1024 * 1024)
 /* Room left in a reply frame for the envelope around the handler's payload. */
 #define REPLY_SLACK 4096
-/* After the drain, how long a handler that got STOP may take to leave before we give up. */
+/* After the drain, how long a handler that got STOP may take to leave before we give up. The
+ * tick thread gets the whole drain time plus this (its work, e.g. an rpc_call, is not drained). */
 #define JOIN_GRACE_MS 1000
+/* Most frames read from a broker: "" | MDPW01 | REQUEST | client | "" | body..., where the broker
+ * forwards client bodies of up to 28 frames (BROKER_MAX_FRAMES 32 with identity, "", header and
+ * service), so 33 frames; with room to spare, so that a multi-frame request is answered INVALID
+ * instead of dropped (which would leave this worker busy at the broker for ever). */
+#define BROKER_FRAMES_MAX 40
+/* Longest a link socket lingers at exit to flush the last REPLY/DISCONNECT (within the drain). */
+#define LINK_LINGER_MAX_MS 1000
 /* Longest request_id echoed back (ours are 36-char uuids); longer ones are refused. */
 #define REQUEST_ID_MAX 64
 /* Broker messages read from one socket per loop turn, so one busy broker cannot starve. */
@@ -48,6 +56,7 @@ typedef struct {
     int64_t heard_ms;  /* last time the broker spoke (or we finished work for it) */
     int outstanding;   /* requests taken on this session and not yet answered */
     bool disconnected; /* DISCONNECT sent during shutdown; no more heartbeats */
+    bool broker_left;  /* the broker sent DISCONNECT during shutdown: send it nothing more */
 } s_link_t;
 
 struct s_svc;
@@ -329,6 +338,7 @@ static int s_link_open(s_svc_t *svc, s_link_t *l, int b) {
     l->heard_ms = util_mono_ms();
     l->outstanding = 0;
     l->disconnected = false;
+    l->broker_left = false;
     /* No ZMQ_IMMEDIATE here: READY waits in the queue until the broker is up. */
     int rc = s_send_cmd(l->sock, MDPW_READY, svc->def->name, strlen(svc->def->name));
     if (rc < 0)
@@ -383,9 +393,9 @@ static void s_reply_direct(s_link_t *l, zmq_msg_t *addr, Extranet__Status st, co
  * or -errno for a socket failure (the caller reconnects the link). */
 static int s_on_broker(s_svc_t *svc, s_worker_t *w, int b, bool stopping) {
     s_link_t *l = &w->links[b];
-    zmq_msg_t f[MDP_MAX_FRAMES];
+    zmq_msg_t f[BROKER_FRAMES_MAX];
     int n = 0;
-    int rc = mdp_frames_recv(l->sock, f, MDP_MAX_FRAMES, &n, true);
+    int rc = mdp_frames_recv(l->sock, f, BROKER_FRAMES_MAX, &n, true);
     if (rc == -EPROTO) {
         log_warn("broker %s: message with too many frames dropped", svc->brokers[b]);
         return 0;
@@ -421,15 +431,22 @@ static int s_on_broker(s_svc_t *svc, s_worker_t *w, int b, bool stopping) {
         } else if (n >= 5 && zmq_msg_size(&f[4]) == 0) {
             log_warn("broker %s: REQUEST with %d body frames", svc->brokers[b], n - 5);
             s_reply_direct(l, &f[3], EXTRANET__STATUS__INVALID, "malformed request");
+        } else if (n >= 4) {
+            /* The broker holds this worker busy until it gets a REPLY: always give one. */
+            log_warn("broker %s: REQUEST without the empty delimiter", svc->brokers[b]);
+            s_reply_direct(l, &f[3], EXTRANET__STATUS__INVALID, "malformed request");
         } else {
-            log_warn("broker %s: malformed REQUEST dropped", svc->brokers[b]);
+            log_warn("broker %s: REQUEST without a client address dropped", svc->brokers[b]);
         }
         break;
     case MDPW_HEARTBEAT:
         break; /* our own heartbeats go out on the timer, busy or not */
     case MDPW_DISCONNECT:
         if (stopping) {
+            /* RFC 7: after DISCONNECT, no further commands; a REPLY still being worked on is
+             * dropped (s_on_handler). */
             l->disconnected = true;
+            l->broker_left = true;
         } else {
             log_info("broker %s sent DISCONNECT; registering again", svc->brokers[b]);
             mdp_frames_close(f, n);
@@ -463,6 +480,9 @@ static int s_on_handler(s_svc_t *svc, s_worker_t *w, bool stopping) {
     s_link_t *l = &w->links[hdr.link];
     if (hdr.gen != l->gen || !l->sock) {
         log_warn("reply for a broker session since reset dropped");
+    } else if (l->broker_left) {
+        l->outstanding--;
+        log_warn("reply dropped: broker %s said DISCONNECT", svc->brokers[hdr.link]);
     } else {
         l->outstanding--;
         l->heard_ms = util_mono_ms(); /* it cannot have beaten for us while we worked */
@@ -519,26 +539,30 @@ static int s_io_run(s_svc_t *svc) {
         log_error("out of memory");
         return -1;
     }
-    for (long i = 0; i < nt; i++) {
-        for (int b = 0; b < nb; b++) {
-            if (s_link_open(svc, &svc->workers[i].links[b], b) != 0) {
-                free(items);
-                return -1;
-            }
-        }
-    }
     bool stopping = false;
     int64_t drain_deadline = 0;
     int64_t next_hb = util_mono_ms() + MDP_HEARTBEAT_MS;
     int ret = 0;
+    for (long i = 0; i < nt; i++) {
+        for (int b = 0; b < nb; b++) {
+            if (s_link_open(svc, &svc->workers[i].links[b], b) != 0) {
+                ret = -1;
+                goto out;
+            }
+        }
+    }
     for (;;) {
         items[0] = (zmq_pollitem_t){.socket = svc->ctl_io, .events = ZMQ_POLLIN};
         for (long i = 0; i < nt; i++) {
             s_worker_t *w = &svc->workers[i];
             items[1 + i] = (zmq_pollitem_t){.socket = w->pipe_io, .events = ZMQ_POLLIN};
+            /* A link whose reconnect failed has no socket: fd -1 makes poll(2) skip it (a
+             * NULL socket would otherwise poll fd 0). */
             for (int b = 0; b < nb; b++)
                 items[1 + nt + i * nb + b] =
-                    (zmq_pollitem_t){.socket = w->links[b].sock, .events = ZMQ_POLLIN};
+                    w->links[b].sock
+                        ? (zmq_pollitem_t){.socket = w->links[b].sock, .events = ZMQ_POLLIN}
+                        : (zmq_pollitem_t){.socket = NULL, .fd = -1, .events = 0};
         }
         int64_t now = util_mono_ms();
         int64_t until = next_hb;
@@ -614,14 +638,25 @@ static int s_io_run(s_svc_t *svc) {
             break;
         }
     }
-out:
+out:;
+    /* The last REPLY/DISCONNECT may still be queued (a big reply takes a while to write):
+     * linger for it within what is left of the drain, at most LINK_LINGER_MAX_MS. */
+    int linger = 0;
+    if (stopping) {
+        int64_t left = drain_deadline - util_mono_ms();
+        linger = left <= 0 ? 0 : left > LINK_LINGER_MAX_MS ? LINK_LINGER_MAX_MS : (int)left;
+    }
     for (long i = 0; i < nt; i++) {
         s_worker_t *w = &svc->workers[i];
         s_hdr_t stop = {.type = H_STOP};
         if (zmq_send(w->pipe_io, &stop, sizeof stop, ZMQ_DONTWAIT) < 0)
             log_error("handler %ld: stop: %s", i, zmq_strerror(zmq_errno()));
-        for (int b = 0; b < nb; b++)
+        for (int b = 0; b < nb; b++) {
+            if (w->links[b].sock &&
+                zmq_setsockopt(w->links[b].sock, ZMQ_LINGER, &linger, sizeof linger) != 0)
+                log_warn("zmq_setsockopt(ZMQ_LINGER): %s", zmq_strerror(zmq_errno()));
             mdp_sock_close(&w->links[b].sock);
+        }
     }
     free(items);
     return ret;
@@ -636,9 +671,10 @@ static void *s_io_main(void *arg) {
 
 /* ---------------------------------------------------------------- the tick thread */
 
-static void s_abs_after(struct timespec *ts, int64_t ms) {
-    if (clock_gettime(CLOCK_MONOTONIC, ts) != 0)
-        *ts = (struct timespec){0, 0}; /* cannot fail for CLOCK_MONOTONIC; wait 0 if it did */
+/* clk's now + ms. */
+static void s_abs_after(clockid_t clk, struct timespec *ts, int64_t ms) {
+    if (clock_gettime(clk, ts) != 0)
+        *ts = (struct timespec){0, 0}; /* cannot fail for our clocks; wait 0 if it did */
     ts->tv_sec += ms / 1000;
     ts->tv_nsec += (ms % 1000) * 1000000L;
     if (ts->tv_nsec >= 1000000000L) {
@@ -663,7 +699,7 @@ static void *s_tick_main(void *arg) {
             continue;
         }
         struct timespec ts;
-        s_abs_after(&ts, left);
+        s_abs_after(CLOCK_MONOTONIC, &ts, left);
         int rc = pthread_cond_timedwait(&svc->cv, &svc->mu, &ts);
         if (rc != 0 && rc != ETIMEDOUT && rc != EINTR) {
             log_error("pthread_cond_timedwait: %s", strerror(rc));
@@ -823,13 +859,17 @@ static int s_wait_signal(s_svc_t *svc, const sigset_t *set) {
 /* Stops and joins every thread. Returns false when a handler could not be joined (it is
  * stuck past the drain); its resources and the zmq context are then left to process exit. */
 static bool s_stop_threads(s_svc_t *svc) {
+    /* The tick thread's work (a tick may wait seconds on an rpc_call) is not drained by the
+     * I/O thread: it gets the whole drain time, counted from now, plus the grace. */
+    struct timespec tick_until; /* CLOCK_REALTIME: pthread_timedjoin_np's clock */
+    s_abs_after(CLOCK_REALTIME, &tick_until, svc->drain_ms + JOIN_GRACE_MS);
     atomic_store(&s_stop, true);
     if (svc->cv_ready && pthread_mutex_lock(&svc->mu) == 0) {
         (void)pthread_cond_broadcast(&svc->cv);
         (void)pthread_mutex_unlock(&svc->mu);
     }
     /* The I/O thread drains first (the tick thread may be inside a long call meanwhile);
-     * the tick thread and the handlers then get JOIN_GRACE_MS. */
+     * the handlers then get JOIN_GRACE_MS, the tick thread until tick_until. */
     int rc;
     if (svc->io_running) {
         if (!atomic_load(&svc->io_exited) && zmq_send(svc->ctl_main, "stop", 4, 0) < 0)
@@ -848,11 +888,9 @@ static bool s_stop_threads(s_svc_t *svc) {
     }
     bool all = true;
     struct timespec until;
-    if (clock_gettime(CLOCK_REALTIME, &until) != 0)
-        until = (struct timespec){0, 0};
-    until.tv_sec += JOIN_GRACE_MS / 1000;
+    s_abs_after(CLOCK_REALTIME, &until, JOIN_GRACE_MS);
     if (svc->tick_running) {
-        rc = pthread_timedjoin_np(svc->tick_tid, NULL, &until);
+        rc = pthread_timedjoin_np(svc->tick_tid, NULL, &tick_until);
         if (rc == 0) {
             svc->tick_running = false;
         } else {
