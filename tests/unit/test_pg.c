@@ -74,6 +74,54 @@ static void test_pg_schema_name_refused(void **state) {
     assert_null(pg_new("host=127.0.0.1 port=1", NULL, s_stmts));
 }
 
+/* Runs pg_new and pg_migrate on conninfo with stderr (the log) captured into buf. */
+static void s_connect_captured(const char *conninfo, char *buf, size_t len) {
+    char path[] = "/tmp/test_pg_log_XXXXXX";
+    int tmp = mkstemp(path);
+    assert_true(tmp >= 0);
+    unlink(path);
+    int saved = dup(2);
+    assert_true(saved >= 0);
+    assert_true(dup2(tmp, 2) >= 0);
+    pg_t *pg = pg_new(conninfo, "test", s_stmts);
+    int mrc = pg_migrate(conninfo, "test", s_migrations);
+    assert_true(dup2(saved, 2) >= 0);
+    close(saved);
+    assert_null(pg);
+    assert_int_equal(mrc, -EIO);
+    ssize_t n = pread(tmp, buf, len - 1, 0);
+    assert_true(n > 0);
+    buf[n] = '\0';
+    close(tmp);
+}
+
+/* libpq's parse errors quote the conninfo (for a URI, the bad component or the whole string):
+ * the log must say only that it is invalid, never the password. */
+static void test_pg_malformed_conninfo_hides_password(void **state) {
+    (void)state;
+    /* bad percent-encoding in the password; unterminated IPv6 host; a key without "=" */
+    const char *bad[] = {
+        "postgresql://u:Sekr1tPw%zz@127.0.0.1:1/db",
+        "postgresql://u:Sekr1tPw@[::1:1/db",
+        "host=127.0.0.1 port=1 password=Sekr1tPw dbname",
+        NULL,
+    };
+    for (int i = 0; bad[i]; i++) {
+        char out[8192];
+        s_connect_captured(bad[i], out, sizeof out);
+        if (strstr(out, "Sekr1tPw"))
+            fail_msg("password logged for \"%s\":\n%s", bad[i], out);
+        assert_non_null(strstr(out, "not a valid conninfo"));
+    }
+    /* A well-formed conninfo that fails to connect names the server, not the password. */
+    char ok[160], out[8192];
+    snprintf(ok, sizeof ok, "postgresql://u:Sekr1tPw@127.0.0.1:%d/db?connect_timeout=2",
+             s_closed_port());
+    s_connect_captured(ok, out, sizeof out);
+    assert_null(strstr(out, "not a valid conninfo"));
+    assert_null(strstr(out, "Sekr1tPw"));
+}
+
 /* ---- against a real server (EXTRANET_TEST_PG) ---- */
 
 static const char *s_conninfo;
@@ -242,7 +290,8 @@ static void test_pg_reconnect_after_killed_backend(void **state) {
     pg_t *pg = pg_new(s_conninfo, s_schema, s_stmts);
     assert_non_null(pg);
     char *pid = s_backend_pid(pg);
-    s_raw_exec("SELECT pg_terminate_backend($1::int)", pid);
+    /* waits (up to 5 s) until the backend is gone, so the loss is there to find before sending */
+    s_raw_exec("SELECT pg_terminate_backend($1::int, 5000)", pid);
     /* outside a transaction: reconnects, re-prepares, and answers on a new backend */
     PGresult *res = NULL;
     assert_int_equal(pg_exec(pg, "item_count", NULL, &res), 0);
@@ -252,12 +301,40 @@ static void test_pg_reconnect_after_killed_backend(void **state) {
 
     /* inside a transaction: the loss is reported, never retried silently */
     assert_int_equal(pg_begin(pg), 0);
-    s_raw_exec("SELECT pg_terminate_backend($1::int)", pid2);
+    s_raw_exec("SELECT pg_terminate_backend($1::int, 5000)", pid2);
     assert_int_equal(pg_exec(pg, "item_count", NULL, NULL), -EIO);
     pg_rollback(pg);
     assert_int_equal(pg_exec(pg, "item_count", NULL, NULL), 0);
     free(pid);
     free(pid2);
+    pg_destroy(&pg);
+}
+
+/* A statement whose connection dies after it was sent may have taken effect: pg_exec must not
+ * run it again. nextval() is not rolled back, so the sequence counts the runs. */
+static void test_pg_no_rerun_after_lost_answer(void **state) {
+    (void)state;
+    REQUIRE_PG();
+    assert_int_equal(pg_migrate(s_conninfo, s_schema, s_migrations), 0);
+    char sql[128];
+    snprintf(sql, sizeof sql, "CREATE SEQUENCE %s.runs", s_schema);
+    s_raw_exec(sql, NULL);
+    static const pg_stmt_t stmts[] = {
+        {"run_and_die",
+         "SELECT nextval('runs'), pg_terminate_backend(pg_backend_pid()), pg_sleep(5)", 0},
+        {"runs", "SELECT last_value FROM runs", 0},
+        {NULL, NULL, 0},
+    };
+    pg_t *pg = pg_new(s_conninfo, s_schema, stmts);
+    assert_non_null(pg);
+    int64_t t0 = util_mono_ms();
+    assert_int_equal(pg_exec(pg, "run_and_die", NULL, NULL), -EIO);
+    assert_true(util_mono_ms() - t0 < 4000);
+    /* the next call reconnects (the loss was found) and sees exactly one run */
+    PGresult *res = NULL;
+    assert_int_equal(pg_exec(pg, "runs", NULL, &res), 0);
+    assert_string_equal(PQgetvalue(res, 0, 0), "1");
+    PQclear(res);
     pg_destroy(&pg);
 }
 
@@ -267,7 +344,9 @@ int main(void) {
         cmocka_unit_test(test_pg_schema_name_refused),
         cmocka_unit_test(test_pg_migrate_concurrent_once),
         cmocka_unit_test(test_pg_exec_and_errors),
+        cmocka_unit_test(test_pg_malformed_conninfo_hides_password),
         cmocka_unit_test(test_pg_reconnect_after_killed_backend),
+        cmocka_unit_test(test_pg_no_rerun_after_lost_answer),
     };
     return cmocka_run_group_tests(tests, s_setup_real, s_teardown_real);
 }

@@ -5,6 +5,7 @@
 #include "extranet/log.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,9 +35,17 @@ static bool s_schema_valid(const char *s) {
     return true;
 }
 
-/* The connection's own message without its trailing newline, for one-line logs. */
+/* The connection's own message without its trailing newline, for one-line logs. libpq's
+ * connection errors name host, port, user and database but never the password; should one
+ * ever contain it anyway, the message is withheld (secrets are never logged). */
 static void s_log_conn_error(const char *what, PGconn *conn) {
     const char *m = conn ? PQerrorMessage(conn) : "out of memory";
+    const char *pw = conn ? PQpass(conn) : NULL;
+    if (pw && *pw && strstr(m, pw)) {
+        log_error("postgres: %s: failed (libpq's message withheld: it contains the password)",
+                  what);
+        return;
+    }
     size_t n = strlen(m);
     while (n > 0 && (m[n - 1] == '\n' || m[n - 1] == ' '))
         n--;
@@ -68,6 +77,16 @@ static void s_notice(void *arg, const char *message) {
 }
 
 static PGconn *s_connect(const char *conninfo) {
+    /* libpq's parse errors quote the conninfo, password included: check it first and say
+     * only that it is invalid. */
+    char *perr = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
+    if (!opts) {
+        PQfreemem(perr); /* NULL-safe; never logged */
+        log_error("postgres: EXTRANET_PG is not a valid conninfo");
+        return NULL;
+    }
+    PQconninfoFree(opts);
     /* Keywords are processed in order and the expanded dbname (the caller's conninfo) overrides
      * earlier ones, so the default timeout yields to a connect_timeout the operator set. */
     const char *const keys[] = {"connect_timeout", "dbname", NULL};
@@ -166,8 +185,23 @@ static int s_reconnect(pg_t *self) {
     return 0;
 }
 
+/* Reads, without blocking, what the server sent while the connection sat idle: a backend that
+ * was terminated meanwhile left its FATAL message and end-of-file, and reading them turns the
+ * connection BAD now, before a statement is sent into it (pg_exec retries only then). */
+static void s_probe(pg_t *self) {
+    for (int i = 0; i < 8 && PQstatus(self->conn) == CONNECTION_OK; i++) {
+        struct pollfd p = {.fd = PQsocket(self->conn), .events = POLLIN};
+        if (p.fd < 0 || poll(&p, 1, 0) <= 0)
+            return;
+        if (!PQconsumeInput(self->conn))
+            return; /* read error or EOF: the connection is BAD now */
+    }
+}
+
 /* The connection needs a reconnect before use: lost, or set up only halfway. */
-static bool s_needs_reconnect(const pg_t *self) {
+static bool s_needs_reconnect(pg_t *self) {
+    if (!self->broken)
+        s_probe(self);
     return self->broken || PQstatus(self->conn) == CONNECTION_BAD;
 }
 
@@ -212,34 +246,32 @@ int pg_exec(pg_t *self, const char *name, const char *const *params, PGresult **
         log_error("postgres: no prepared statement named %s", name);
         return -EIO;
     }
-    bool retried = false;
+    /* The one safe retry: a connection found lost before sending. Once the statement was
+     * sent, a lost connection may have lost only the answer (the statement may have
+     * committed), so that is -EIO and the next call reconnects. */
     if (s_needs_reconnect(self)) {
         if (self->in_tx)
             return -EIO; /* the transaction is gone with the connection */
-        retried = true;
         if (s_reconnect(self) < 0)
             return -EIO;
     }
-    for (;;) {
-        PGresult *res = PQexecPrepared(self->conn, name, stmt->nparams, params, NULL, NULL, 0);
-        if (s_result_ok(res)) {
-            if (ret_res)
-                *ret_res = res;
-            else
-                PQclear(res);
-            return 0;
-        }
-        if (PQstatus(self->conn) == CONNECTION_BAD && !self->in_tx && !retried) {
+    PGresult *res = PQexecPrepared(self->conn, name, stmt->nparams, params, NULL, NULL, 0);
+    if (s_result_ok(res)) {
+        if (ret_res)
+            *ret_res = res;
+        else
             PQclear(res);
-            retried = true;
-            if (s_reconnect(self) < 0)
-                return -EIO;
-            continue;
-        }
-        int rc = s_result_error(name, res, self->conn);
-        PQclear(res);
-        return rc;
+        return 0;
     }
+    int rc;
+    if (PQstatus(self->conn) == CONNECTION_BAD) {
+        s_log_result_error(name, res, self->conn);
+        rc = -EIO;
+    } else {
+        rc = s_result_error(name, res, self->conn);
+    }
+    PQclear(res);
+    return rc;
 }
 
 /* Runs a fixed command (no parameters) such as BEGIN; returns its result or NULL. */
