@@ -1,6 +1,6 @@
 /* The Majordomo broker: one ROUTER speaking MDP/Client and MDP/Worker (RFC 7) with MMI (RFC 8),
- * per-service request queues bounded in time and count, LRU dispatch, heartbeats both ways,
- * and the XSUB -> XPUB event forwarder, all driven by one zmq_poll loop on one thread. */
+ * per-service request queues bounded in time, count and (all together) bytes, LRU dispatch,
+ * heartbeats both ways, and the XSUB -> XPUB event forwarder, all on one zmq_poll loop. */
 #include "broker.h"
 
 #include "extranet/log.h"
@@ -111,6 +111,7 @@ typedef struct request {
     struct request *next;
     int64_t arrived_ms; /* monotonic; bounds the total time spent queued */
     zmq_msg_t client;   /* ROUTER identity of the client */
+    size_t bytes;       /* body bytes, counted in broker.queued_bytes while queued */
     int nbody;
     zmq_msg_t body[]; /* opaque body frames (RFC 7: frames 3+) */
 } request_t;
@@ -146,6 +147,8 @@ struct broker {
     s_table_t services, workers;
     worker_t *all;
     long queue_ms, queue_max;
+    size_t queue_bytes;  /* cap on queued_bytes */
+    size_t queued_bytes; /* body bytes of every queued (not dispatched) request */
     int64_t tick_ms;
     int warn_budget;
     long warn_suppressed;
@@ -188,14 +191,24 @@ static int s_send_frame(broker_t *self, const void *p, size_t len, bool more) {
     return 0;
 }
 
+/* Closes one frame; a failure (EFAULT: not a message, a bug) is logged. */
+static void s_msg_frame_close(zmq_msg_t *f) {
+    if (zmq_msg_close(f) < 0)
+        log_error("zmq_msg_close: %s", zmq_strerror(errno));
+}
+
 /* Sends a copy of msg (the original stays with the caller; large frames are shared, not
  * copied, by zmq_msg_copy). */
 static int s_send_copy(broker_t *self, zmq_msg_t *msg, bool more) {
     zmq_msg_t c;
-    zmq_msg_init(&c);
+    if (zmq_msg_init(&c) < 0) {
+        int err = errno;
+        log_error("zmq_msg_init: %s", zmq_strerror(err));
+        return -err;
+    }
     if (zmq_msg_copy(&c, msg) < 0 || zmq_msg_send(&c, self->router, more ? ZMQ_SNDMORE : 0) < 0) {
         int err = errno;
-        zmq_msg_close(&c);
+        s_msg_frame_close(&c);
         log_error("zmq_msg_send: %s", zmq_strerror(err));
         return -err;
     }
@@ -229,14 +242,14 @@ static void s_request_free(request_t **r_p) {
     request_t *r = *r_p;
     if (!r)
         return;
-    zmq_msg_close(&r->client);
+    s_msg_frame_close(&r->client);
     for (int i = 0; i < r->nbody; i++)
-        zmq_msg_close(&r->body[i]);
+        s_msg_frame_close(&r->body[i]);
     free(r);
     *r_p = NULL;
 }
 
-static request_t *s_queue_pop(service_t *s) {
+static request_t *s_queue_pop(broker_t *self, service_t *s) {
     request_t *r = s->head;
     if (r) {
         s->head = r->next;
@@ -244,11 +257,12 @@ static request_t *s_queue_pop(service_t *s) {
             s->tail = NULL;
         r->next = NULL;
         s->queued--;
+        self->queued_bytes -= r->bytes;
     }
     return r;
 }
 
-static void s_queue_push_back(service_t *s, request_t *r) {
+static void s_queue_push_back(broker_t *self, service_t *s, request_t *r) {
     r->next = NULL;
     if (s->tail)
         s->tail->next = r;
@@ -256,15 +270,17 @@ static void s_queue_push_back(service_t *s, request_t *r) {
         s->head = r;
     s->tail = r;
     s->queued++;
+    self->queued_bytes += r->bytes;
 }
 
 /* A request a worker never started goes back first in line: it is the oldest one waiting. */
-static void s_queue_push_front(service_t *s, request_t *r) {
+static void s_queue_push_front(broker_t *self, service_t *s, request_t *r) {
     r->next = s->head;
     s->head = r;
     if (!s->tail)
         s->tail = r;
     s->queued++;
+    self->queued_bytes += r->bytes;
 }
 
 static service_t *s_service_find(broker_t *self, const void *name, size_t len) {
@@ -295,7 +311,7 @@ static service_t *s_service_require(broker_t *self, const void *name, size_t len
 static void s_service_destroy(broker_t *self, service_t **s_p) {
     service_t *s = *s_p;
     request_t *r;
-    while ((r = s_queue_pop(s)))
+    while ((r = s_queue_pop(self, s)))
         s_request_free(&r);
     s_table_remove(&self->services, &s->node);
     free(s);
@@ -342,7 +358,7 @@ static void s_worker_delete(broker_t *self, worker_t **w_p, bool requeue) {
     s_wait_unlink(w);
     if (w->busy) {
         if (requeue) {
-            s_queue_push_front(w->service, w->busy);
+            s_queue_push_front(self, w->service, w->busy);
             w->busy = NULL;
         } else {
             self->n_dropped++;
@@ -391,7 +407,7 @@ static int s_worker_send_request(broker_t *self, worker_t *w, request_t *r, int6
  * recently used worker, skipping requests that waited past queue_ms. */
 static void s_service_dispatch(broker_t *self, service_t *s, int64_t now) {
     while (s->wait_head && s->head) {
-        request_t *r = s_queue_pop(s);
+        request_t *r = s_queue_pop(self, s);
         if (now - r->arrived_ms > self->queue_ms) {
             self->n_dropped++;
             s_request_free(&r);
@@ -404,7 +420,7 @@ static void s_service_dispatch(broker_t *self, service_t *s, int64_t now) {
             /* Gone or not reading: it never saw the request, so the request stays first. */
             s_warn(self, "worker %s of '%s' unreachable (%s); forgotten", w->hex, s->name,
                    zmq_strerror(-rc));
-            s_queue_push_front(s, r);
+            s_queue_push_front(self, s, r);
             s_worker_delete(self, &w, false);
             continue;
         }
@@ -422,7 +438,7 @@ typedef struct {
 
 static void s_msg_close(s_msg_t *m) {
     for (int i = 0; i < m->n; i++)
-        zmq_msg_close(&m->f[i]);
+        s_msg_frame_close(&m->f[i]);
     m->n = 0;
 }
 
@@ -437,18 +453,22 @@ static int s_msg_recv(void *sock, s_msg_t *m) {
         zmq_msg_t *f;
         zmq_msg_t sink;
         f = m->n < BROKER_MAX_FRAMES ? &m->f[m->n] : &sink;
-        zmq_msg_init(f);
+        if (zmq_msg_init(f) < 0) {
+            int err = errno;
+            s_msg_close(m);
+            return -err;
+        }
         /* Only the first frame can be missing; the rest of a multipart arrive with it. */
         if (zmq_msg_recv(f, sock, m->n == 0 && !too_big ? ZMQ_DONTWAIT : 0) < 0) {
             int err = errno;
-            zmq_msg_close(f);
+            s_msg_frame_close(f);
             s_msg_close(m);
             return err == EAGAIN ? 0 : -err;
         }
         more = zmq_msg_more(f);
         if (f == &sink) {
             too_big = true;
-            zmq_msg_close(f);
+            s_msg_frame_close(f);
         } else
             m->n++;
     }
@@ -475,20 +495,34 @@ static bool s_service_name_valid(zmq_msg_t *f) {
     return true;
 }
 
-/* Moves frames [first, m->n) of m into a new request. NULL on allocation failure. */
+/* Moves frames [first, m->n) of m into a new request. NULL on failure (logged; m keeps what
+ * was not moved, and s_msg_close closes it). */
 static request_t *s_request_new(s_msg_t *m, int first, int64_t now) {
     int nbody = m->n - first;
     request_t *r = malloc(sizeof *r + (size_t)nbody * sizeof(zmq_msg_t));
-    if (!r)
+    if (!r) {
+        log_error("out of memory; request dropped");
         return NULL;
+    }
     r->next = NULL;
     r->arrived_ms = now;
-    r->nbody = nbody;
-    zmq_msg_init(&r->client);
-    zmq_msg_move(&r->client, &m->f[0]);
+    r->nbody = 0;
+    r->bytes = 0;
+    /* zmq_msg_init cannot fail and zmq_msg_move fails only on a non-message (a bug); on
+     * either, what was moved is closed with r and the rest stays in m. */
+    if (zmq_msg_init(&r->client) < 0 || zmq_msg_move(&r->client, &m->f[0]) < 0) {
+        log_error("zmq_msg_move: %s", zmq_strerror(errno));
+        free(r);
+        return NULL;
+    }
     for (int i = 0; i < nbody; i++) {
-        zmq_msg_init(&r->body[i]);
-        zmq_msg_move(&r->body[i], &m->f[first + i]);
+        if (zmq_msg_init(&r->body[i]) < 0 || zmq_msg_move(&r->body[i], &m->f[first + i]) < 0) {
+            log_error("zmq_msg_move: %s", zmq_strerror(errno));
+            s_request_free(&r);
+            return NULL;
+        }
+        r->nbody++;
+        r->bytes += zmq_msg_size(&r->body[i]);
     }
     return r;
 }
@@ -537,19 +571,36 @@ static void s_client_message(broker_t *self, s_msg_t *m, int64_t now) {
     service_t *s = s_service_require(self, zmq_msg_data(&m->f[3]), zmq_msg_size(&m->f[3]));
     if (!s)
         return;
+    /* s stays in the services table (its owner) on every early return; the tick frees it once
+     * idle. */
+    request_t *r = s_request_new(m, 4, now);
+    if (!r)
+        return;
     if (s->queued >= self->queue_max) {
-        request_t *old = s_queue_pop(s);
+        request_t *old = s_queue_pop(self, s);
         s_warn(self, "queue of '%s' full (%ld); oldest request dropped", s->name, self->queue_max);
         self->n_dropped++;
         s_request_free(&old);
     }
-    request_t *r = s_request_new(m, 4, now);
-    if (!r) {
-        /* s stays in the services table (its owner); the tick frees it once idle. */
-        log_error("out of memory; request dropped"); // NOLINT(clang-analyzer-unix.Malloc)
-        return;
+    /* The memory cap, for a request that will have to wait: this service's oldest requests
+     * make room first; if that is not enough, the new request is refused. */
+    if (!s->wait_head && self->queued_bytes + r->bytes > self->queue_bytes) {
+        while (s->head && self->queued_bytes + r->bytes > self->queue_bytes) {
+            request_t *old = s_queue_pop(self, s);
+            s_warn(self, "queued bytes at the cap (%zu); oldest request of '%s' dropped",
+                   self->queue_bytes, s->name);
+            self->n_dropped++;
+            s_request_free(&old);
+        }
+        if (self->queued_bytes + r->bytes > self->queue_bytes) {
+            s_warn(self, "queued bytes at the cap (%zu); request of %zu bytes for '%s' refused",
+                   self->queue_bytes, r->bytes, s->name);
+            self->n_dropped++;
+            s_request_free(&r);
+            return;
+        }
     }
-    s_queue_push_back(s, r);
+    s_queue_push_back(self, s, r);
     s_service_dispatch(self, s, now);
 }
 
@@ -745,10 +796,14 @@ static int s_forward(broker_t *self, void *from, void *to) {
         bool first = true, failed = false;
         while (more) {
             zmq_msg_t f;
-            zmq_msg_init(&f);
+            if (zmq_msg_init(&f) < 0) {
+                int err = errno;
+                log_error("zmq_msg_init: %s", zmq_strerror(err));
+                return -err;
+            }
             if (zmq_msg_recv(&f, from, first ? ZMQ_DONTWAIT : 0) < 0) {
                 int err = errno;
-                zmq_msg_close(&f);
+                s_msg_frame_close(&f);
                 if (first && err == EAGAIN)
                     return 0;
                 log_error("event forwarder recv: %s", zmq_strerror(err));
@@ -759,7 +814,7 @@ static int s_forward(broker_t *self, void *from, void *to) {
                 failed = true;
                 s_warn(self, "event forwarder send: %s; message dropped", zmq_strerror(errno));
             }
-            zmq_msg_close(&f);
+            s_msg_frame_close(&f);
             first = false;
         }
     }
@@ -802,7 +857,7 @@ static void s_tick(broker_t *self, int64_t now) {
             /* Queued requests are in arrival order, so the first young one ends the scan. The
              * caller's own deadline answers for a dropped request. */
             while (s->head && now - s->head->arrived_ms > self->queue_ms) {
-                request_t *r = s_queue_pop(s);
+                request_t *r = s_queue_pop(self, s);
                 self->n_dropped++;
                 s_request_free(&r);
             }
@@ -827,6 +882,12 @@ static int s_setopt_int(void *sock, int opt, int value) {
         return -errno;
     }
     return 0;
+}
+
+/* Closes a socket; a failure (ENOTSOCK: a bug) is logged. */
+static void s_socket_close(void *sock) {
+    if (zmq_close(sock) < 0)
+        log_error("zmq_close: %s", zmq_strerror(errno));
 }
 
 /* Creates a socket of type with LINGER 0 and MAXMSGSIZE, bound to every endpoint of list. */
@@ -866,7 +927,7 @@ static void *s_socket_bind(void *zctx, int type, const char *list, const char *k
     if (rc == 0)
         return sock;
 fail:
-    zmq_close(sock);
+    s_socket_close(sock);
     return NULL;
 }
 
@@ -878,6 +939,7 @@ broker_t *broker_new(void *zctx, const broker_cfg_t *cfg) {
     }
     self->queue_ms = cfg->queue_ms;
     self->queue_max = cfg->queue_max > 0 ? cfg->queue_max : 1;
+    self->queue_bytes = cfg->queue_bytes > 0 ? (size_t)cfg->queue_bytes : 1;
     /* Tick often enough for the queue bound to be roughly exact, never slower than heartbeats. */
     self->tick_ms = MDP_HEARTBEAT_MS / 2;
     if (cfg->queue_ms / 4 < self->tick_ms)
@@ -918,7 +980,7 @@ void broker_destroy(broker_t **self_p) {
         }
         if (nw)
             (void)s_setopt_int(self->router, ZMQ_LINGER, S_SHUTDOWN_LINGER_MS);
-        zmq_close(self->router);
+        s_socket_close(self->router);
         log_info("stopped: %lu requests, %lu replies, %lu dropped, %d workers disconnected",
                  self->n_requests, self->n_replies, self->n_dropped, nw);
     }
@@ -936,9 +998,9 @@ void broker_destroy(broker_t **self_p) {
     free(self->services.buckets);
     free(self->workers.buckets);
     if (self->xsub)
-        zmq_close(self->xsub);
+        s_socket_close(self->xsub);
     if (self->xpub)
-        zmq_close(self->xpub);
+        s_socket_close(self->xpub);
     free(self);
     *self_p = NULL;
 }

@@ -17,6 +17,7 @@ typedef struct {
     const char *events_pub_bind; /* EXTRANET_EVENTS_PUB_BIND: XSUB, publishers connect here */
     long queue_ms;               /* how long a request waits for a worker (EXTRANET_QUEUE_MS) */
     long queue_max;              /* requests queued per service; the oldest goes first */
+    long queue_bytes;            /* body bytes queued in all services (EXTRANET_QUEUE_BYTES) */
 } broker_cfg_t;
 
 typedef struct broker broker_t;

@@ -23,6 +23,9 @@ static const char s_usage[] =
     "                            it is dropped, 0..3600000 (5000)\n"
     "  EXTRANET_QUEUE_MAX        requests queued per service; beyond it the oldest is dropped,\n"
     "                            1..1000000 (10000)\n"
+    "  EXTRANET_QUEUE_BYTES      body bytes queued in all services together; beyond it the\n"
+    "                            service's oldest go first, else the new request is refused,\n"
+    "                            1..1099511627776 (268435456 = 256 MiB)\n"
     "  EXTRANET_LOG              debug|info|warn|error (info)\n";
 
 static volatile sig_atomic_t s_stop = 0;
@@ -44,7 +47,8 @@ int main(int argc, char **argv) {
         .events_pub_bind = cfg_str("EXTRANET_EVENTS_PUB_BIND", "tcp://*:5556"),
     };
     if (cfg_long("EXTRANET_QUEUE_MS", 5000, 0, 3600000, &cfg.queue_ms) < 0 ||
-        cfg_long("EXTRANET_QUEUE_MAX", 10000, 1, 1000000, &cfg.queue_max) < 0)
+        cfg_long("EXTRANET_QUEUE_MAX", 10000, 1, 1000000, &cfg.queue_max) < 0 ||
+        cfg_long("EXTRANET_QUEUE_BYTES", 256L * 1024 * 1024, 1, 1L << 40, &cfg.queue_bytes) < 0)
         return 2;
 
     /* No SA_RESTART: zmq_poll returns EINTR at once and the loop sees the flag. libzmq's own
@@ -57,7 +61,10 @@ int main(int argc, char **argv) {
         log_error("sigaction: %s", strerror(errno));
         return 1;
     }
-    signal(SIGPIPE, SIG_IGN);
+    if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
+        log_error("signal(SIGPIPE): %s", strerror(errno));
+        return 1;
+    }
 
     void *zctx = zmq_ctx_new();
     if (!zctx) {
@@ -67,13 +74,16 @@ int main(int argc, char **argv) {
     int status = 1;
     broker_t *broker = broker_new(zctx, &cfg);
     if (broker) {
-        log_info("broker %s running (queue %ld ms, %ld per service)", EXTRANET_VERSION,
-                 cfg.queue_ms, cfg.queue_max);
+        log_info("broker %s running (queue %ld ms, %ld per service, %ld bytes in all)",
+                 EXTRANET_VERSION, cfg.queue_ms, cfg.queue_max, cfg.queue_bytes);
         status = broker_run(broker, &s_stop) == 0 ? 0 : 1;
         broker_destroy(&broker);
     }
-    while (zmq_ctx_term(zctx) < 0 && errno == EINTR)
+    int trc;
+    while ((trc = zmq_ctx_term(zctx)) < 0 && errno == EINTR)
         ;
+    if (trc < 0)
+        log_error("zmq_ctx_term: %s", zmq_strerror(errno));
     log_info("exit %d", status);
     return status;
 }

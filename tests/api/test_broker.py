@@ -305,6 +305,43 @@ def test_queue_bounded_in_count(ctx, tmp_path):
         assert b.stop() == 0
 
 
+def test_queue_bounded_in_bytes(ctx, tmp_path):
+    """EXTRANET_QUEUE_BYTES caps the body bytes queued in all services together: a service's
+    own oldest requests make room first, else the new request is refused; a request that a
+    waiting worker takes at once is never refused."""
+    b = Broker(tmp_path, {"EXTRANET_QUEUE_BYTES": "1000000"})
+    c = Client(ctx, b.mdp)
+    workers = []
+    try:
+        big = 400_000
+        for i in range(3):
+            c.send("bulk.a", bytes([48 + i]) * big)   # the third pushes out the first
+        wait_for(lambda: "oldest request of 'bulk.a' dropped" in b.text(), 3,
+                 what="bytes-cap drop warning")
+        c.send("bulk.b", b"B" * big)                  # bulk.b has nothing to give up: refused
+        wait_for(lambda: "for 'bulk.b' refused" in b.text(), 3, what="bytes-cap refusal")
+        c.send("bulk.b", b"small")                    # still fits under the cap
+        workers.append(EchoWorker(ctx, b.mdp, "bulk.free"))
+        workers[-1].start()
+        wait_mmi(c, "bulk.free", "200")
+        assert c.request("bulk.free", b"F" * big, timeout=3) == (b"bulk.free", [b"F" * big])
+        for name in ("bulk.a", "bulk.b"):
+            workers.append(EchoWorker(ctx, b.mdp, name))
+            workers[-1].start()
+        got = []
+        for _ in range(3):
+            rep = c.recv(3)
+            assert rep is not None, "queued requests missing; got %r" % got
+            got.append(rep[1][0][:1])
+        assert sorted(got) == [b"1", b"2", b"s"], got
+        assert c.recv(0.5) is None
+    finally:
+        for w in workers:
+            w.stop()
+        c.close()
+        assert b.stop() == 0
+
+
 def test_broker_heartbeats_waiting_and_busy_workers(peers):
     w = peers.worker("hb")
     got = w.recv(HEARTBEAT_S * 2.5)
