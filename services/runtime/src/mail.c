@@ -75,7 +75,12 @@ static void s_date(char *out, size_t len) {
                                    "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
     time_t now = time(NULL);
     struct tm tm;
-    gmtime_r(&now, &tm);
+    if (gmtime_r(&now, &tm) == NULL) {
+        /* Only for a clock out of range; the Date header still has to be well-formed. */
+        now = 0;
+        if (gmtime_r(&now, &tm) == NULL)
+            memset(&tm, 0, sizeof tm);
+    }
     snprintf(out, len, "%s, %02d %s %04d %02d:%02d:%02d +0000", days[tm.tm_wday], tm.tm_mday,
              months[tm.tm_mon], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
 }

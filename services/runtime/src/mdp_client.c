@@ -61,8 +61,11 @@ int mdp_frames_recv(void *sock, zmq_msg_t *frames, int max, int *ret_n, bool don
         zmq_msg_t scratch; /* frames past max are read into it and dropped */
         memset(&scratch, 0, sizeof scratch);
         zmq_msg_t *m = n < max ? &frames[n] : &scratch;
-        if (zmq_msg_init(m) != 0)
-            return -errno;
+        if (zmq_msg_init(m) != 0) {
+            int err = zmq_errno();
+            mdp_frames_close(frames, n < max ? n : max);
+            return -err;
+        }
         int flags = (n == 0 && dontwait) ? ZMQ_DONTWAIT : 0;
         if (zmq_msg_recv(m, sock, flags) < 0) {
             int err = zmq_errno();
