@@ -59,7 +59,7 @@ static void s_log_result_error(const char *what, const PGresult *res, PGconn *co
     const char *m = res ? PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY) : NULL;
     if (!m) {
         char buf[160];
-        snprintf(buf, sizeof buf, "%s failed", what);
+        snprintf(buf, sizeof buf, "%.150s failed", what);
         s_log_conn_error(buf, conn);
         return;
     }
