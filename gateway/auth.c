@@ -171,15 +171,52 @@ static Extranet__Status s_apply(gw_req_t *req, const char *user_id, const char *
     return EXTRANET__STATUS__OK;
 }
 
+/* Session and group membership in one round trip (DESIGN.md §5): the session hash, then, when
+ * it names a user, that user's role in the group ARGV[1] from membership's mem:{user} cache
+ * ({"_" marker, role}; nil when the entry is not cached). */
+static const char s_session_member_lua[] =
+    "local s = redis.call('HGETALL', KEYS[1]) "
+    "for i = 1, #s, 2 do if s[i] == 'user_id' then "
+    "return {s, redis.call('HMGET', 'mem:' .. s[i + 1], '_', ARGV[1])} end end "
+    "return {s, false}";
+
+/* The route's {gid} parameter when it holds a uuid (a group-scoped route), else NULL. */
+static const char *s_route_gid(const gw_req_t *req) {
+    for (int i = 0; i < req->match.nparams; i++)
+        if (strcmp(req->match.names[i], "gid") == 0 && util_uuid_valid(req->match.values[i]))
+            return req->match.values[i];
+    return NULL;
+}
+
+/* A cached "not a member" from mem:{user}: the entry exists ("_" is set) and has no role for the
+ * group. Only a deny is taken from here; a role still goes to the service, which re-checks. */
+static bool s_cached_non_member(const redisReply *m) {
+    return m && m->type == REDIS_REPLY_ARRAY && m->elements == 2 &&
+           m->element[0]->type == REDIS_REPLY_STRING && m->element[1]->type == REDIS_REPLY_NIL;
+}
+
 int auth_cache_lookup(gw_req_t *req) {
     int64_t started;
     rds_t *r = auth_redis_acquire(&started);
     if (!r)
         return 0;
-    redisReply *rep = rds_command(r, "HGETALL sess:%s", req->token_sha256);
-    auth_redis_release(rep != NULL, started);
-    if (!rep)
+    const char *gid = s_route_gid(req);
+    redisReply *top = NULL, *rep;
+    const redisReply *mem = NULL;
+    if (gid) {
+        top = rds_command(r, "EVAL %s 1 sess:%s %s", s_session_member_lua, req->token_sha256, gid);
+        rep =
+            (top && top->type == REDIS_REPLY_ARRAY && top->elements == 2) ? top->element[0] : NULL;
+        mem = rep ? top->element[1] : NULL;
+    } else {
+        top = rep = rds_command(r, "HGETALL sess:%s", req->token_sha256);
+    }
+    auth_redis_release(top != NULL, started);
+    if (!rep) {
+        if (top)
+            freeReplyObject(top);
         return 0;
+    }
     const char *user_id = NULL, *kind = NULL, *session_id = NULL, *mfa = NULL, *until = NULL;
     if (rep->type == REDIS_REPLY_ARRAY) {
         for (size_t i = 0; i + 1 < rep->elements; i += 2) {
@@ -209,9 +246,14 @@ int auth_cache_lookup(gw_req_t *req) {
             hit = req->status == EXTRANET__STATUS__UNAUTHENTICATED ? 0 : 1;
             if (!hit)
                 req_set_result(req, EXTRANET__STATUS__OK, "%s", "");
+            /* R1 fast path: a group the cache says the caller is not in answers exactly like a
+             * missing one, without a trip to the service (admins see every group). */
+            else if (req->status == EXTRANET__STATUS__OK &&
+                     req->actor.kind != EXTRANET__ACTOR_KIND__ADMIN && s_cached_non_member(mem))
+                req_set_result(req, EXTRANET__STATUS__NOT_FOUND, "not found");
         }
     }
-    freeReplyObject(rep);
+    freeReplyObject(top);
     return hit;
 }
 

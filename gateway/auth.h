@@ -3,6 +3,10 @@
  * over a Redis connection of that thread (thread-local, created lazily, freed at thread exit):
  * a ~100 µs blocking call is accepted there, a blocking broker call never is. A miss, an
  * expired entry or Redis down sends identity.Authenticate through the loop thread instead.
+ * On a group route ({gid}), the same one round trip is an EVAL that also reads the caller's
+ * mem:{user} entry (written by membership): a group the cache says the caller is not in
+ * answers 404 at once (R1); a role, a miss or an admin still go to the service, which
+ * re-checks. Only a deny is ever taken from the cache.
  * The gateway overwrites the actor with what the session says (DESIGN.md §3). */
 #ifndef GW_AUTH_H
 #define GW_AUTH_H
@@ -34,7 +38,8 @@ void auth_actor_anonymous(gw_req_t *req);
 Extranet__Status auth_parse_header(gw_req_t *req, const char *authorization);
 
 /* Looks the session up in Redis. Returns 1 on a usable hit: req->actor is filled and the
- * route's mfa rule checked (req->status/message set to MFA_ENROLLMENT_REQUIRED when it fails);
+ * route's mfa rule checked (req->status/message set to MFA_ENROLLMENT_REQUIRED when it fails,
+ * or to NOT_FOUND on a group route whose group the cached memberships do not hold);
  * 0 on a miss (ask identity.Authenticate). Never an error: Redis down is a miss. */
 int auth_cache_lookup(gw_req_t *req);
 

@@ -5,6 +5,7 @@
 #include "audit.pb-c.h"
 #include "envelope.pb-c.h"
 #include "identity.pb-c.h"
+#include "membership.pb-c.h"
 #include <errno.h>
 #include <jansson.h>
 #include <string.h>
@@ -16,6 +17,7 @@
 #define DBG   GW_ROUTE_DEBUG
 #define ID(x) &extranet__identity__##x##__descriptor
 #define EMPTY &extranet__empty__descriptor
+#define MB(x) &extranet__membership__##x##__descriptor
 #define AU(x) &extranet__audit__##x##__descriptor
 
 static const gw_route_t s_routes[] = {
@@ -65,6 +67,41 @@ static const gw_route_t s_routes[] = {
      AUTH, 200, NULL, 0},
     {"GET", "/api/v1/admin/audit/verify", "audit.Verify", EMPTY, AU(verify_reply), AUTH, 200, NULL,
      0},
+    /* groups, members, invitations, people (services/membership/README.md) */
+    {"POST", "/api/v1/groups", "membership.CreateGroup", MB(create_group_request), MB(group),
+     AUTH | BODY, 201, NULL, 0},
+    {"GET", "/api/v1/groups", "membership.ListGroups", MB(list_groups_request), MB(group_list),
+     AUTH, 200, NULL, 0},
+    {"GET", "/api/v1/groups/{gid}", "membership.GetGroup", MB(group_id_request), MB(group), AUTH,
+     200, NULL, 0},
+    {"PATCH", "/api/v1/groups/{gid}", "membership.UpdateGroup", MB(update_group_request), MB(group),
+     AUTH | BODY, 200, NULL, 0},
+    {"DELETE", "/api/v1/groups/{gid}", "membership.ArchiveGroup", MB(group_id_request), NULL, AUTH,
+     204, NULL, 0},
+    {"GET", "/api/v1/groups/{gid}/members", "membership.ListMembers", MB(group_id_request),
+     MB(member_list), AUTH, 200, NULL, 0},
+    {"POST", "/api/v1/groups/{gid}/members", "membership.AddMember", MB(add_member_request),
+     MB(member), AUTH | BODY, 201, NULL, 0},
+    {"PATCH", "/api/v1/groups/{gid}/members/{uid}", "membership.UpdateMember",
+     MB(update_member_request), MB(member), AUTH | BODY, 200, NULL, 0},
+    {"DELETE", "/api/v1/groups/{gid}/members/{uid}", "membership.RemoveMember", MB(member_request),
+     NULL, AUTH, 204, NULL, 0},
+    {"POST", "/api/v1/groups/{gid}/invitations", "membership.Invite", MB(invite_request),
+     MB(invitation), AUTH | BODY, 201, NULL, 0},
+    {"GET", "/api/v1/groups/{gid}/invitations", "membership.ListInvitations", MB(group_id_request),
+     MB(invitation_list), AUTH, 200, NULL, 0},
+    {"DELETE", "/api/v1/groups/{gid}/invitations/{id}", "membership.RevokeInvitation",
+     MB(invitation_id_request), NULL, AUTH, 204, NULL, 0},
+    {"GET", "/api/v1/invitations/{token}", "membership.LookupInvitation", MB(token_request),
+     MB(invitation_info), 0, 200, NULL, 0},
+    {"POST", "/api/v1/invitations/{token}/accept", "membership.AcceptInvitation",
+     MB(accept_request), MB(accept_reply), BODY, 200, NULL, 0},
+    {"POST", "/api/v1/invitations/{token}/join", "membership.JoinInvitation", MB(token_request),
+     MB(accept_reply), AUTH, 200, NULL, 0},
+    {"GET", "/api/v1/contacts", "membership.ListContacts", EMPTY, MB(person_list), AUTH, 200, NULL,
+     0},
+    {"GET", "/api/v1/users/{id}", "membership.GetPerson", MB(user_id_request), MB(person), AUTH,
+     200, NULL, 0},
     /* tests only (EXTRANET_DEBUG_ROUTES=1): the echo service, e.g. a slow reply for 504 */
     {"GET", "/api/v1/debug/echo", "echo.Echo", &extranet__echo_request__descriptor,
      &extranet__echo_reply__descriptor, DBG, 200, NULL, 0},

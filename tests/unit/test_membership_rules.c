@@ -11,11 +11,11 @@
 
 #include "rules.h"
 
-#define OK EXTRANET__STATUS__OK
+#define OK        EXTRANET__STATUS__OK
 #define NOT_FOUND EXTRANET__STATUS__NOT_FOUND
 #define FORBIDDEN EXTRANET__STATUS__FORBIDDEN
-#define INVALID EXTRANET__STATUS__INVALID
-#define CONFLICT EXTRANET__STATUS__CONFLICT
+#define INVALID   EXTRANET__STATUS__INVALID
+#define CONFLICT  EXTRANET__STATUS__CONFLICT
 
 static const ukind_t s_kinds[] = {UKIND_UNKNOWN, UKIND_ADMIN, UKIND_EMPLOYEE, UKIND_EXTRANET};
 static const mrole_t s_roles[] = {ROLE_NONE, ROLE_MEMBER, ROLE_MODERATOR, ROLE_OWNER};
@@ -78,10 +78,10 @@ static void t_settings_and_invite(void **state) {
                     int owner = a == UKIND_ADMIN || r == ROLE_OWNER;
                     assert_int_equal(s.status, !owner ? FORBIDDEN : archived ? CONFLICT : OK);
                     assert_int_equal(m.status, o_manager(a, r) ? OK : FORBIDDEN);
-                    Extranet__Status want = !o_manager(a, r)        ? FORBIDDEN
+                    Extranet__Status want = !o_manager(a, r)      ? FORBIDDEN
                                             : g != GKIND_EXTRANET ? INVALID /* R2 */
-                                            : archived             ? CONFLICT
-                                                                   : OK;
+                                            : archived            ? CONFLICT
+                                                                  : OK;
                     assert_int_equal(inv.status, want);
                 }
 }
@@ -291,11 +291,16 @@ static void t_inputs(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(t_view),          cmocka_unit_test(t_create),
-        cmocka_unit_test(t_settings_and_invite), cmocka_unit_test(t_role_allowed),
-        cmocka_unit_test(t_member_add),    cmocka_unit_test(t_member_set_role),
-        cmocka_unit_test(t_member_remove), cmocka_unit_test(t_person_visible),
-        cmocka_unit_test(t_parse),         cmocka_unit_test(t_inputs),
+        cmocka_unit_test(t_view),
+        cmocka_unit_test(t_create),
+        cmocka_unit_test(t_settings_and_invite),
+        cmocka_unit_test(t_role_allowed),
+        cmocka_unit_test(t_member_add),
+        cmocka_unit_test(t_member_set_role),
+        cmocka_unit_test(t_member_remove),
+        cmocka_unit_test(t_person_visible),
+        cmocka_unit_test(t_parse),
+        cmocka_unit_test(t_inputs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,979 @@
+"""Black-box tests of the membership service over HTTP through the real gateway (real
+PostgreSQL, Redis, broker, identity, membership): groups, roles, R1 (hidden = missing, same
+body), R2, R3, R4 (contacts, profiles), R9 (removal on the very next request, also racing and
+with Redis stopped), R13 (invitations: mail, lookup, accept, races, revocation, expiry), and a
+randomized isolation matrix compared with a reference model written here.
+
+Runs its own cluster with the login rate limits raised (it signs in many users) and the 2FA
+policy for extranet users switched off (R10 is identity's test; here externals must act)."""
+
+import concurrent.futures
+import os
+import random
+import re
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+import cluster as cluster_lib  # noqa: E402
+
+ADMIN_EMAIL = "root@membership.test"
+ADMIN_PASSWORD = "Membership-Admin-Passw0rd"
+PASSWORD = "User-Passw0rd-123"
+SEEDS = [int(s) for s in os.environ.get("MEMBERSHIP_SEEDS", "1,2,3").split(",")]
+
+
+@pytest.fixture(scope="module")
+def mc():
+    c = cluster_lib.Cluster(admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD,
+                            extra_env={"EXTRANET_LOGIN_RATE_IP": "100000",
+                                       "EXTRANET_LOGIN_RATE_ACCOUNT": "100000"})
+    bins = c.service_bins()
+    if not c.gateway_bin() or not c.broker_bin() or "identity" not in bins or \
+            "membership" not in bins:
+        pytest.skip("gateway, broker, identity or membership not built in %s" % c.build)
+    c.start()
+    yield c
+    c.stop(remove=not os.environ.get("EXTRANET_KEEP_CLUSTER"))
+
+
+class Api:
+    def __init__(self, base):
+        self.base = base + "/api/v1"
+        self.local = threading.local()
+
+    @property
+    def s(self):
+        if not hasattr(self.local, "s"):
+            self.local.s = requests.Session()
+        return self.local.s
+
+    def call(self, method, path, token=None, body=None, params=None):
+        headers = {"Authorization": "Bearer " + token} if token else {}
+        return self.s.request(method, self.base + path, json=body, params=params,
+                              headers=headers, timeout=30)
+
+    def token(self, email, password=PASSWORD):
+        r = self.call("POST", "/auth/login", body={"email": email, "password": password})
+        assert r.status_code == 200, r.text
+        return r.json()["token"]
+
+
+class User:
+    def __init__(self, id_, email, kind, token):
+        self.id, self.email, self.kind, self.token = id_, email, kind, token
+
+    def __repr__(self):
+        return "%s(%s)" % (self.kind, self.email)
+
+
+@pytest.fixture(scope="module")
+def api(mc):
+    return Api(mc.base_url)
+
+
+@pytest.fixture(scope="module")
+def admin(api):
+    t = api.token(ADMIN_EMAIL, ADMIN_PASSWORD)
+    r = api.call("PUT", "/admin/policy", t, {"extranet_mfa_required": False})
+    assert r.status_code == 200, r.text
+    me = api.call("GET", "/me", t).json()
+    return User(me["id"], ADMIN_EMAIL, "admin", t)
+
+
+@pytest.fixture(scope="module")
+def mk(api, admin):
+    """mk("extranet") -> a new signed-in User of that kind."""
+    def make(kind, name=None):
+        email = "%s-%s@membership.test" % (name or kind, uuid.uuid4().hex[:10])
+        r = api.call("POST", "/admin/users", admin.token,
+                     {"email": email, "display_name": name or kind, "kind": kind,
+                      "password": PASSWORD})
+        assert r.status_code == 201, r.text
+        return User(r.json()["id"], email, kind, api.token(email))
+    return make
+
+
+def group(api, owner, kind="extranet", name="G"):
+    r = api.call("POST", "/groups", owner.token, {"name": name, "kind": kind})
+    assert r.status_code == 201, r.text
+    g = r.json()
+    assert g["my_role"] == "owner" and g["owner_id"] == owner.id
+    return g["id"]
+
+
+def add(api, actor, gid, user, role="member", expect=201):
+    r = api.call("POST", "/groups/%s/members" % gid, actor.token,
+                 {"user_id": user.id, "role": role})
+    assert r.status_code == expect, r.text
+    return r
+
+
+def err(r):
+    """The error body without its request id: what must be identical for hidden and missing."""
+    body = r.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message", "request_id"}
+    return (r.status_code, body["error"]["code"], body["error"]["message"])
+
+
+NOT_FOUND = (404, "not_found", "not found")
+
+
+def members(api, actor, gid):
+    r = api.call("GET", "/groups/%s/members" % gid, actor.token)
+    assert r.status_code == 200, r.text
+    return {m["user_id"]: m["role"] for m in r.json()["members"]}
+
+
+# ------------------------------------------------------------------------------------- R1
+
+def group_routes(gid, uid):
+    return [("GET", "/groups/%s" % gid, None),
+            ("PATCH", "/groups/%s" % gid, {"name": "x"}),
+            ("DELETE", "/groups/%s" % gid, None),
+            ("GET", "/groups/%s/members" % gid, None),
+            ("POST", "/groups/%s/members" % gid, {"user_id": uid}),
+            ("PATCH", "/groups/%s/members/%s" % (gid, uid), {"role": "moderator"}),
+            ("DELETE", "/groups/%s/members/%s" % (gid, uid), None),
+            ("POST", "/groups/%s/invitations" % gid, {"email": "x@y.test"}),
+            ("GET", "/groups/%s/invitations" % gid, None)]
+
+
+def test_r1_foreign_group_answers_like_a_missing_one(api, mk, admin):
+    owner, ext, emp = mk("employee"), mk("extranet"), mk("employee")
+    mine, foreign = group(api, owner), group(api, owner, name="secret")
+    add(api, admin, mine, ext)
+    add(api, owner, mine, emp)
+    for who in (ext, emp):
+        for gid in (foreign, str(uuid.uuid4()), "not-a-uuid", foreign.upper()[:-1] + "Z"):
+            for method, path, body in group_routes(gid, owner.id):
+                r = api.call(method, path, who.token, body)
+                assert err(r) == NOT_FOUND, (who, method, path, r.text)
+                assert "secret" not in r.text and foreign not in r.text
+    # No oracle in the headers either: the same header names and body length.
+    def shape(r):
+        names = sorted(h.lower() for h in r.headers if h.lower() not in ("date",))
+        return names, len(r.content), r.headers.get("Cache-Control")
+    hidden = api.call("GET", "/groups/%s/members" % foreign, ext.token)
+    missing = api.call("GET", "/groups/%s/members" % uuid.uuid4(), ext.token)
+    assert shape(hidden) == shape(missing)
+    assert "no-store" in (hidden.headers.get("Cache-Control") or "")
+    # The same calls on the group they are in do not answer 404 for GET.
+    assert api.call("GET", "/groups/%s" % mine, ext.token).status_code == 200
+
+
+def test_r1_lists_only_my_groups(api, mk, admin):
+    owner, ext = mk("employee"), mk("extranet")
+    mine = [group(api, owner, name="mine-%d" % i) for i in range(3)]
+    others = [group(api, owner, name="other-%d" % i) for i in range(3)]
+    for g in mine:
+        add(api, admin, g, ext)
+    api.call("DELETE", "/groups/%s" % others[0], owner.token)
+    seen, cursor = [], ""
+    while True:
+        r = api.call("GET", "/groups", ext.token,
+                     params={"limit": 1, "cursor": cursor, "include_archived": "true"})
+        assert r.status_code == 200, r.text
+        seen += [g["id"] for g in r.json()["groups"]]
+        cursor = r.json().get("next_cursor", "")
+        if not cursor:
+            break
+    assert sorted(seen) == sorted(mine)
+    # An admin sees every group.
+    ids = set()
+    cursor = ""
+    while True:
+        r = api.call("GET", "/groups", admin.token,
+                     params={"limit": 200, "cursor": cursor, "include_archived": "true"})
+        ids |= {g["id"] for g in r.json()["groups"]}
+        cursor = r.json().get("next_cursor", "")
+        if not cursor:
+            break
+    assert set(mine + others) <= ids
+
+
+def test_r1_query_parameters_cannot_widen_the_list(api, mk):
+    owner, ext = mk("employee"), mk("extranet")
+    g = group(api, owner)
+    for params in ({"user_id": owner.id}, {"ids": g}, {"all": "true"}):
+        r = api.call("GET", "/groups", ext.token, params=params)
+        assert r.status_code == 400, r.text
+    assert api.call("GET", "/groups", ext.token).json().get("groups", []) == []
+
+
+# ------------------------------------------------------------------------------ R2 and R3
+
+def test_r2_no_extranet_user_in_an_internal_group(api, mk, admin):
+    owner, ext = mk("employee"), mk("extranet")
+    g = group(api, owner, kind="internal")
+    shared = group(api, owner)          # so that the owner may see ext (R4)
+    add(api, admin, shared, ext)
+    for actor in (owner, admin):
+        r = add(api, actor, g, ext, expect=400)
+        assert "internal" in r.json()["error"]["message"]
+    r = api.call("POST", "/groups/%s/invitations" % g, owner.token, {"email": "new@x.test"})
+    assert r.status_code == 400 and "extranet groups only" in r.json()["error"]["message"]
+    assert ext.id not in members(api, owner, g)
+
+
+def test_r3_extranet_users_are_only_members(api, mk, admin):
+    owner, ext = mk("employee"), mk("extranet")
+    g = group(api, owner)
+    for role in ("moderator", "owner"):
+        assert add(api, admin, g, ext, role=role, expect=400).status_code == 400
+    add(api, admin, g, ext)
+    for actor in (owner, admin):
+        for role in ("moderator", "owner"):
+            r = api.call("PATCH", "/groups/%s/members/%s" % (g, ext.id), actor.token,
+                         {"role": role})
+            assert r.status_code == 400, r.text
+    # The extranet member making itself moderator or owner: forbidden (it sees the group).
+    for role in ("moderator", "owner"):
+        r = api.call("PATCH", "/groups/%s/members/%s" % (g, ext.id), ext.token, {"role": role})
+        assert r.status_code == 403, r.text
+    assert members(api, owner, g) == {owner.id: "owner", ext.id: "member"}
+
+
+def test_r3_moderator_cannot_escalate(api, mk):
+    owner, mod, emp, emp2 = mk("employee"), mk("employee"), mk("employee"), mk("employee")
+    g = group(api, owner)
+    add(api, owner, g, mod, role="moderator")
+    add(api, owner, g, emp)
+    for role in ("owner", "moderator"):
+        for target in (mod, emp):
+            r = api.call("PATCH", "/groups/%s/members/%s" % (g, target.id), mod.token,
+                         {"role": role})
+            assert r.status_code == 403, r.text
+    add(api, mod, g, emp2, role="moderator", expect=403)
+    add(api, mod, g, emp2, role="owner", expect=400)
+    add(api, mod, g, emp2)   # moderators do add members
+    # Moderators remove members, not the owner or other moderators.
+    r = api.call("DELETE", "/groups/%s/members/%s" % (g, owner.id), mod.token)
+    assert r.status_code == 409
+    assert members(api, owner, g) == {owner.id: "owner", mod.id: "moderator",
+                                      emp.id: "member", emp2.id: "member"}
+    r = api.call("DELETE", "/groups/%s/members/%s" % (g, emp2.id), mod.token)
+    assert r.status_code == 204
+    # Settings and archiving: the owner only.
+    assert api.call("PATCH", "/groups/%s" % g, mod.token, {"name": "x"}).status_code == 403
+    assert api.call("DELETE", "/groups/%s" % g, mod.token).status_code == 403
+    assert api.call("GET", "/groups/%s/invitations" % g, emp.token).status_code == 403
+
+
+def test_r3_exactly_one_owner_and_transfer(api, mk, admin):
+    owner, emp, ext = mk("employee"), mk("employee"), mk("extranet")
+    g = group(api, owner)
+    add(api, owner, g, emp)
+    add(api, admin, g, ext)
+    r = api.call("PATCH", "/groups/%s/members/%s" % (g, owner.id), owner.token,
+                 {"role": "member"})
+    assert r.status_code == 409
+    assert api.call("DELETE", "/groups/%s/members/%s" % (g, owner.id),
+                    owner.token).status_code == 409
+    assert api.call("DELETE", "/groups/%s/members/%s" % (g, owner.id),
+                    admin.token).status_code == 409
+    r = api.call("PATCH", "/groups/%s/members/%s" % (g, emp.id), owner.token, {"role": "owner"})
+    assert r.status_code == 200, r.text
+    m = members(api, emp, g)
+    assert m == {owner.id: "moderator", emp.id: "owner", ext.id: "member"}
+    assert list(m.values()).count("owner") == 1
+    assert api.call("GET", "/groups/%s" % g, emp.token).json()["owner_id"] == emp.id
+    # The former owner is a moderator now: no more settings.
+    assert api.call("PATCH", "/groups/%s" % g, owner.token, {"name": "y"}).status_code == 403
+    # Leaving works for everyone but the owner.
+    assert api.call("DELETE", "/groups/%s/members/%s" % (g, ext.id), ext.token).status_code == 204
+    assert err(api.call("GET", "/groups/%s" % g, ext.token)) == NOT_FOUND
+
+
+def test_settings_archive_and_validation(api, mk, admin):
+    owner, emp = mk("employee"), mk("employee")
+    g = group(api, owner)
+    r = api.call("PATCH", "/groups/%s" % g, owner.token,
+                 {"name": "Renamed", "task_visibility": "involved",
+                  "external_file_access": "none", "description": "d"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert (body["name"], body["task_visibility"], body["external_file_access"]) == \
+        ("Renamed", "involved", "none")
+    for bad in ({"task_visibility": "some"}, {"external_file_access": "write"},
+                {"name": "x" * 201}):
+        assert api.call("PATCH", "/groups/%s" % g, owner.token, bad).status_code == 400
+    for bad in ({"name": "", "kind": "extranet"}, {"name": "a", "kind": "public"}):
+        assert api.call("POST", "/groups", owner.token, bad).status_code == 400
+    assert api.call("PATCH", "/groups/%s" % g, admin.token, {"name": "A"}).status_code == 200
+    assert api.call("DELETE", "/groups/%s" % g, owner.token).status_code == 204
+    assert api.call("GET", "/groups/%s" % g, owner.token).json()["archived"] is True
+    add(api, owner, g, emp, expect=409)
+    assert api.call("PATCH", "/groups/%s" % g, owner.token, {"name": "B"}).status_code == 409
+    assert g not in [x["id"] for x in api.call("GET", "/groups", owner.token).json()["groups"]]
+
+
+def test_extranet_users_cannot_create_groups(api, mk):
+    ext = mk("extranet")
+    r = api.call("POST", "/groups", ext.token, {"name": "mine", "kind": "extranet"})
+    assert r.status_code == 403
+    assert api.call("POST", "/groups", None, {"name": "x", "kind": "extranet"}).status_code == 401
+
+
+# ------------------------------------------------------------------------------------- R4
+
+def test_r4_contacts_only_shared_groups(api, mk, admin):
+    emp, other_emp = mk("employee"), mk("employee")
+    e1, e2, e3 = mk("extranet"), mk("extranet"), mk("extranet")
+    a = group(api, emp, name="A")
+    b = group(api, other_emp, name="B")
+    add(api, admin, a, e1)
+    add(api, admin, a, e2)
+    add(api, admin, b, e3)
+    r = api.call("GET", "/contacts", e1.token)
+    assert r.status_code == 200, r.text
+    people = r.json()["people"]
+    assert {p["id"] for p in people} == {emp.id, e2.id}
+    for p in people:   # an allowlist of fields, never identity's whole record
+        assert set(p) <= {"id", "display_name", "kind", "email"}
+    missing = err(api.call("GET", "/users/%s" % uuid.uuid4(), e1.token))
+    assert missing == NOT_FOUND
+    for hidden in (e3, other_emp, admin):
+        assert err(api.call("GET", "/users/%s" % hidden.id, e1.token)) == missing
+    for seen in (emp, e2, e1):
+        r = api.call("GET", "/users/%s" % seen.id, e1.token)
+        assert r.status_code == 200 and r.json()["id"] == seen.id
+        assert set(r.json()) <= {"id", "display_name", "kind", "email"}
+    # Employees: every employee, extranet users only where they share a group.
+    assert api.call("GET", "/users/%s" % other_emp.id, emp.token).status_code == 200
+    assert err(api.call("GET", "/users/%s" % e3.id, emp.token)) == NOT_FOUND
+    assert api.call("GET", "/users/%s" % e1.id, emp.token).status_code == 200
+    # Adding a hidden extranet user by id: it does not exist for this employee.
+    assert err(add(api, emp, a, e3, expect=404)) == NOT_FOUND
+    # Admins see everyone.
+    for u in (e1, e3, emp, other_emp):
+        assert api.call("GET", "/users/%s" % u.id, admin.token).status_code == 200
+    assert err(api.call("GET", "/users/not-a-uuid", e1.token)) == NOT_FOUND
+    # A deactivated co-member is no contact any more (the profile stays visible).
+    e4 = mk("extranet")
+    add(api, admin, a, e4)
+    assert e4.id in {p["id"] for p in api.call("GET", "/contacts", e1.token).json()["people"]}
+    assert api.call("PATCH", "/admin/users/%s" % e4.id, admin.token,
+                    {"status": "deactivated"}).status_code == 200
+    assert e4.id not in {p["id"] for p in api.call("GET", "/contacts", e1.token).json()["people"]}
+    # Removal ends the contact at once.
+    assert api.call("DELETE", "/groups/%s/members/%s" % (a, e2.id), emp.token).status_code == 204
+    assert {p["id"] for p in api.call("GET", "/contacts", e1.token).json()["people"]} == {emp.id}
+    assert err(api.call("GET", "/users/%s" % e2.id, e1.token)) == NOT_FOUND
+
+
+# ------------------------------------------------------------------------------------- R9
+
+def test_r9_removal_takes_effect_on_the_next_request(api, mk, admin, mc):
+    owner, ext = mk("employee"), mk("extranet")
+    g = group(api, owner)
+    add(api, admin, g, ext)
+    for _ in range(3):   # fills and then hits the mem:{user} cache
+        assert api.call("GET", "/groups/%s" % g, ext.token).status_code == 200
+    assert mc.redis_command("HGET", "mem:" + ext.id, g) == "member"
+    r = api.call("DELETE", "/groups/%s/members/%s" % (g, ext.id), owner.token)
+    assert r.status_code == 204, r.text
+    assert err(api.call("GET", "/groups/%s" % g, ext.token)) == NOT_FOUND
+    assert err(api.call("GET", "/groups/%s/members" % g, ext.token)) == NOT_FOUND
+    assert api.call("GET", "/groups", ext.token).json().get("groups", []) == []
+    assert mc.redis_command("HGET", "mem:" + ext.id, g) is None
+
+
+def test_r9_race_no_request_succeeds_after_removal_returned(api, mk, admin, mc):
+    """Eight clients hammer GET /groups/{gid} as a member while a flusher keeps deleting the
+    member's mem:{user} entry (so fills race the removal) and the owner removes the member;
+    once the removal returned, not one request started after it may succeed. The flusher
+    stops when the removal returns, so a fill that wrote the removed membership back would
+    survive and be seen. Several rounds."""
+    owner, ext = mk("employee"), mk("extranet")
+    g = group(api, owner)
+    lock = threading.Lock()
+    counts = {"ok": 0, "404": 0, "other": 0}
+    late = []
+    for round_ in range(6):
+        add(api, admin, g, ext)
+        stop, removed = threading.Event(), threading.Event()
+        removed_at = [None]
+
+        def hammer():
+            s = Api(mc.base_url)
+            while not stop.is_set():
+                started = time.monotonic()
+                r = s.call("GET", "/groups/%s" % g, ext.token)
+                with lock:
+                    if r.status_code == 200:
+                        counts["ok"] += 1
+                        if removed_at[0] is not None and started > removed_at[0]:
+                            late.append((round_, started - removed_at[0]))
+                    elif r.status_code == 404:
+                        counts["404"] += 1
+                    else:
+                        counts["other"] += 1
+
+        def flusher():
+            while not removed.is_set():
+                mc.redis_command("DEL", "mem:" + ext.id)
+                time.sleep(0.002)
+
+        threads = [threading.Thread(target=hammer) for _ in range(8)] + \
+            [threading.Thread(target=flusher)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.4)
+            r = api.call("DELETE", "/groups/%s/members/%s" % (g, ext.id), owner.token)
+            assert r.status_code == 204, r.text
+            removed_at[0] = time.monotonic()
+            removed.set()
+            time.sleep(0.6)
+        finally:
+            removed.set()
+            stop.set()
+            for t in threads:
+                t.join()
+    assert counts["ok"] > 0 and counts["404"] > 0, counts
+    assert counts["other"] == 0, counts
+    assert not late, late[:5]
+
+
+@pytest.fixture(scope="module")
+def slowfill():
+    """A second cluster whose membership fills sleep 400 ms between reading PostgreSQL and
+    writing Redis (EXTRANET_MEMBERSHIP_FILL_DELAY_MS, a test-only knob): the window in which
+    a removal can race a fill, made wide enough to hit every time."""
+    c = cluster_lib.Cluster(admin_email=ADMIN_EMAIL, admin_password=ADMIN_PASSWORD,
+                            extra_env={"EXTRANET_MEMBERSHIP_FILL_DELAY_MS": "400"})
+    if "membership" not in c.service_bins() or not c.gateway_bin():
+        pytest.skip("membership or gateway not built")
+    c.start()
+    yield c
+    c.stop(remove=not os.environ.get("EXTRANET_KEEP_CLUSTER"))
+
+
+def test_r9_a_fill_racing_a_removal_never_writes_it_back(slowfill):
+    api = Api(slowfill.base_url)
+    t_admin = api.token(ADMIN_EMAIL, ADMIN_PASSWORD)
+    assert api.call("PUT", "/admin/policy", t_admin,
+                    {"extranet_mfa_required": False}).status_code == 200
+    users = {}
+    for kind in ("employee", "extranet"):
+        email = "%s-%s@slowfill.test" % (kind, uuid.uuid4().hex[:8])
+        r = api.call("POST", "/admin/users", t_admin, {"email": email, "kind": kind,
+                                                        "password": PASSWORD})
+        assert r.status_code == 201, r.text
+        users[kind] = (r.json()["id"], api.token(email))
+    (owner_id, owner), (ext_id, ext) = users["employee"], users["extranet"]
+    g = api.call("POST", "/groups", owner, {"name": "slow", "kind": "extranet"}).json()["id"]
+    r = api.call("POST", "/groups/%s/members" % g, t_admin, {"user_id": ext_id})
+    assert r.status_code == 201, r.text
+    assert api.call("GET", "/groups/%s" % g, owner).status_code == 200   # owner's entry warm
+    slowfill.redis_command("DEL", "mem:" + ext_id)
+    result = {}
+
+    def member_read():
+        result["status"] = Api(slowfill.base_url).call("GET", "/groups/%s" % g, ext).status_code
+
+    reader = threading.Thread(target=member_read)
+    reader.start()
+    deadline = time.monotonic() + 5
+    while slowfill.redis_command("EXISTS", "fill:mem:" + ext_id) != 1:   # the fill holds its lease
+        assert time.monotonic() < deadline, "the member's fill never took its lease"
+        time.sleep(0.005)
+    r = api.call("DELETE", "/groups/%s/members/%s" % (g, ext_id), owner)
+    assert r.status_code == 204, r.text
+    reader.join()
+    assert result["status"] == 200           # it started (and read PostgreSQL) before the removal
+    assert slowfill.redis_command("EXISTS", "mem:" + ext_id) == 0, \
+        "the fill wrote the removed membership back"
+    assert err(api.call("GET", "/groups/%s" % g, ext)) == NOT_FOUND
+
+
+def test_r9_redis_stopped_answers_stay_correct(api, mk, admin, mc):
+    owner, ext, emp = mk("employee"), mk("extranet"), mk("employee")
+    g = group(api, owner)
+    add(api, admin, g, ext)
+    assert api.call("GET", "/groups/%s" % g, ext.token).status_code == 200
+    mc.stop_service("redis")
+    try:
+        # Reads fall back to PostgreSQL: the member still sees it, a stranger does not.
+        assert api.call("GET", "/groups/%s" % g, ext.token).status_code == 200
+        assert err(api.call("GET", "/groups/%s" % g, emp.token)) == NOT_FOUND
+        # A removal commits but cannot be confirmed in force everywhere: 503, never 204.
+        r = api.call("DELETE", "/groups/%s/members/%s" % (g, ext.id), owner.token)
+        assert r.status_code == 503, r.text
+        assert err(api.call("GET", "/groups/%s" % g, ext.token)) == NOT_FOUND
+        assert ext.id not in members(api, owner, g)
+        # Adding still works (and loosening needs no Redis to be safe).
+        add(api, owner, g, emp)
+        assert api.call("GET", "/groups/%s" % g, emp.token).status_code == 200
+    finally:
+        mc.start_service("redis")
+    assert err(api.call("GET", "/groups/%s" % g, ext.token)) == NOT_FOUND
+    assert api.call("GET", "/groups/%s" % g, emp.token).status_code == 200
+    # The outbox drains once Redis is back.
+    deadline = time.monotonic() + 10
+    while mc.psql("SELECT count(*) FROM membership.pending_invalidations")[0][0] != "0":
+        assert time.monotonic() < deadline, "pending invalidations never drained"
+        time.sleep(0.2)
+
+
+def test_r9_paused_redis_never_keeps_a_removed_member(api, mk, admin, mc):
+    """Redis frozen (SIGSTOP) with the member's cache entry in it: the removal answers 503 and
+    the tick clears the entry once Redis answers again."""
+    import signal
+    owner, ext = mk("employee"), mk("extranet")
+    g = group(api, owner)
+    add(api, admin, g, ext)
+    assert api.call("GET", "/groups/%s" % g, ext.token).status_code == 200
+    assert mc.redis_command("HGET", "mem:" + ext.id, g) == "member"
+    mc.kill_service("redis", signal.SIGSTOP)
+    try:
+        r = api.call("DELETE", "/groups/%s/members/%s" % (g, ext.id), owner.token)
+        assert r.status_code == 503, r.text
+    finally:
+        mc.kill_service("redis", signal.SIGCONT)
+    deadline = time.monotonic() + 5
+    while mc.redis_command("HGET", "mem:" + ext.id, g) is not None:
+        assert time.monotonic() < deadline, "stale membership survived in Redis"
+        time.sleep(0.1)
+    assert err(api.call("GET", "/groups/%s" % g, ext.token)) == NOT_FOUND
+
+
+# ------------------------------------------------------------------------------------ R13
+
+TOKEN_RE = re.compile(r"/invitations/([A-Za-z0-9_-]{43})\b")
+
+
+@pytest.fixture(scope="module")
+def mailbox(mc):
+    from conftest import Mailbox
+    return Mailbox(mc.mail_dir)
+
+
+def invite(api, actor, gid, email, mailbox, expect=201):
+    r = api.call("POST", "/groups/%s/invitations" % gid, actor.token, {"email": email})
+    assert r.status_code == expect, r.text
+    if r.json().get("state") != "pending":
+        return r.json(), None
+    m = mailbox.wait(to=email, subject="Invitation")
+    tokens = TOKEN_RE.findall(mailbox.text(m))
+    assert len(tokens) == 1, mailbox.text(m)
+    return r.json(), tokens[0]
+
+
+def test_r13_invitation_creates_an_extranet_account(api, mk, mailbox):
+    owner = mk("employee")
+    g = group(api, owner, name="Project Falcon")
+    email = "guest-%s@outside.test" % uuid.uuid4().hex[:8]
+    inv, token = invite(api, owner, g, email, mailbox)
+    assert inv["state"] == "pending" and inv["email"] == email
+    r = api.call("GET", "/invitations/%s" % token)
+    assert r.status_code == 200, r.text
+    assert r.json() == {"email": email, "group_name": "Project Falcon",
+                        "expires_at": inv["expires_at"]}
+    r = api.call("POST", "/invitations/%s/accept" % token, None,
+                 {"display_name": "Guest", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"email": email, "group_id": g}
+    t = api.token(email)
+    me = api.call("GET", "/me", t).json()
+    assert me["kind"] == "extranet"
+    assert [x["id"] for x in api.call("GET", "/groups", t).json()["groups"]] == [g]
+    assert members(api, owner, g)[me["id"]] == "member"
+    # Redeemed at most once.
+    assert err(api.call("GET", "/invitations/%s" % token)) == NOT_FOUND
+    r = api.call("POST", "/invitations/%s/accept" % token, None,
+                 {"display_name": "Again", "password": PASSWORD})
+    assert err(r) == NOT_FOUND
+    states = {i["id"]: i["state"] for i in
+              api.call("GET", "/groups/%s/invitations" % g, owner.token).json()["invitations"]}
+    assert states[inv["id"]] == "accepted"
+
+
+def test_r13_unknown_and_malformed_tokens_look_the_same(api):
+    missing = err(api.call("GET", "/invitations/%s" % ("A" * 43)))
+    assert missing == NOT_FOUND
+    for tok in ("short", "A" * 44, "A" * 42 + "=", "%2e%2e"):
+        assert err(api.call("GET", "/invitations/%s" % tok)) == missing
+        r = api.call("POST", "/invitations/%s/accept" % tok, None,
+                     {"display_name": "x", "password": PASSWORD})
+        assert err(r) == missing
+
+
+def test_r13_existing_account_redeems_only_when_signed_in(api, mk, mailbox):
+    owner, ext, stranger = mk("employee"), mk("extranet"), mk("extranet")
+    g = group(api, owner)
+    fresh = "nobody-%s@outside.test" % uuid.uuid4().hex[:8]
+    inv_a, tok_a = invite(api, owner, g, ext.email, mailbox)
+    inv_b, tok_b = invite(api, owner, g, fresh, mailbox)
+    assert inv_a["state"] == inv_b["state"] == "pending"
+    look_a, look_b = api.call("GET", "/invitations/" + tok_a), api.call("GET", "/invitations/" + tok_b)
+    assert look_a.status_code == look_b.status_code == 200
+    assert set(look_a.json()) == set(look_b.json())
+    # Anonymous redeem of an existing account's invitation: the same answer, no membership.
+    r = api.call("POST", "/invitations/%s/accept" % tok_a, None,
+                 {"display_name": "Imposter", "password": "Other-Passw0rd-9"})
+    assert r.status_code == 200 and set(r.json()) == {"email", "group_id"}
+    assert ext.id not in members(api, owner, g)
+    with pytest.raises(AssertionError):
+        api.token(ext.email, "Other-Passw0rd-9")   # no password was changed
+    # Signed in as someone else: like an unknown token.
+    assert err(api.call("POST", "/invitations/%s/join" % tok_a, stranger.token)) == NOT_FOUND
+    # Signed in as the invited address: joins.
+    r = api.call("POST", "/invitations/%s/join" % tok_a, ext.token)
+    assert r.status_code == 200, r.text
+    assert members(api, owner, g)[ext.id] == "member"
+    assert err(api.call("POST", "/invitations/%s/join" % tok_a, ext.token)) == NOT_FOUND
+
+
+def test_r13_employee_email_is_added_at_once(api, mk, mailbox):
+    owner, emp = mk("employee"), mk("employee")
+    g = group(api, owner)
+    inv, token = invite(api, owner, g, emp.email.upper(), mailbox)
+    assert inv["state"] == "added" and token is None
+    assert members(api, owner, g)[emp.id] == "member"
+
+
+def test_r13_revoked_or_expired_cannot_be_redeemed(api, mk, admin, mailbox, mc):
+    owner, mod, ext = mk("employee"), mk("employee"), mk("extranet")
+    g = group(api, owner)
+    add(api, owner, g, mod, role="moderator")
+    add(api, admin, g, ext)
+    inv, token = invite(api, mod, g, "r-%s@outside.test" % uuid.uuid4().hex[:6], mailbox)
+    # Members cannot list or revoke; strangers do not see it at all.
+    assert api.call("DELETE", "/groups/%s/invitations/%s" % (g, inv["id"]), ext.token).status_code == 403
+    stranger = mk("employee")
+    assert err(api.call("DELETE", "/groups/%s/invitations/%s" % (g, inv["id"]), stranger.token)) == NOT_FOUND
+    assert api.call("DELETE", "/groups/%s/invitations/%s" % (g, inv["id"]), owner.token).status_code == 204
+    assert api.call("DELETE", "/groups/%s/invitations/%s" % (g, inv["id"]), owner.token).status_code == 409
+    assert err(api.call("GET", "/invitations/" + token)) == NOT_FOUND
+    r = api.call("POST", "/invitations/%s/accept" % token, None,
+                 {"display_name": "x", "password": PASSWORD})
+    assert err(r) == NOT_FOUND
+    inv2, token2 = invite(api, owner, g, "e-%s@outside.test" % uuid.uuid4().hex[:6], mailbox)
+    mc.psql("UPDATE membership.invitations SET expires_at = now() - interval '1 second' "
+            "WHERE id = :'id'", id=inv2["id"])
+    assert err(api.call("GET", "/invitations/" + token2)) == NOT_FOUND
+    r = api.call("POST", "/invitations/%s/accept" % token2, None,
+                 {"display_name": "x", "password": PASSWORD})
+    assert err(r) == NOT_FOUND
+    states = {i["id"]: i["state"] for i in
+              api.call("GET", "/groups/%s/invitations" % g, owner.token).json()["invitations"]}
+    assert states == {inv["id"]: "revoked", inv2["id"]: "expired"}
+
+
+def test_r13_twenty_racing_redeems_win_once(api, mk, mailbox, mc):
+    owner = mk("employee")
+    g = group(api, owner)
+    email = "race-%s@outside.test" % uuid.uuid4().hex[:8]
+    _, token = invite(api, owner, g, email, mailbox)
+    barrier = threading.Barrier(20)
+
+    def redeem(i):
+        s = Api(mc.base_url)
+        barrier.wait()
+        return s.call("POST", "/invitations/%s/accept" % token, None,
+                      {"display_name": "R%d" % i, "password": PASSWORD}).status_code
+
+    with concurrent.futures.ThreadPoolExecutor(20) as ex:
+        codes = list(ex.map(redeem, range(20)))
+    assert sorted(codes) == [200] + [404] * 19, codes
+    assert len(members(api, owner, g)) == 2
+
+
+# ------------------------------------------------------------- randomized isolation matrix
+
+class Model:
+    """The reference model of R1-R4, written from DESIGN.md §4, independent of the service."""
+
+    def __init__(self):
+        self.users = {}      # id -> kind
+        self.groups = {}     # gid -> kind
+        self.roles = {}      # (gid, uid) -> role
+
+    def sees_group(self, uid, gid):
+        return self.users[uid] == "admin" or (gid, uid) in self.roles
+
+    def shares(self, a, b):
+        ga = {g for (g, u) in self.roles if u == a}
+        return any((g, b) in self.roles for g in ga)
+
+    def sees_person(self, viewer, target):
+        if viewer == target or self.users[viewer] == "admin":
+            return True
+        if self.users[viewer] == "extranet" or self.users[target] == "extranet":
+            return self.shares(viewer, target)
+        return True
+
+    def contacts(self, uid):
+        return {u for u in self.users if u != uid and self.shares(uid, u)}
+
+    def add_status(self, actor, gid, target, role):
+        """Expected HTTP status of POST /groups/{gid}/members by actor."""
+        if not self.sees_group(actor, gid):
+            return 404
+        mine = self.roles.get((gid, actor))
+        if self.users[actor] != "admin" and mine not in ("owner", "moderator"):
+            return 403
+        if role == "owner":
+            return 400
+        if not self.sees_person(actor, target):
+            return 404
+        if self.users[target] == "extranet" and (self.groups[gid] == "internal" or
+                                                 role != "member"):
+            return 400
+        if role == "moderator" and self.users[actor] != "admin" and mine != "owner":
+            return 403
+        if (gid, target) in self.roles:
+            return 409
+        return 201
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_r1_r4_randomized_isolation_matrix(api, mk, admin, seed):
+    rnd = random.Random(seed)
+    where = "seed=%d (rerun with MEMBERSHIP_SEEDS=%d)" % (seed, seed)
+    model = Model()
+    people = [admin] + [mk(k) for k in ["employee"] * 3 + ["extranet"] * 4]
+    for p in people:
+        model.users[p.id] = p.kind
+    by_id = {p.id: p for p in people}
+    staff = [p for p in people if p.kind != "extranet"]
+    gids = []
+    for i in range(5):
+        owner = rnd.choice(staff)
+        kind = rnd.choice(["internal", "extranet"])
+        gid = group(api, owner, kind=kind, name="m%d-%d" % (seed, i))
+        model.groups[gid] = kind
+        model.roles[(gid, owner.id)] = "owner"
+        gids.append(gid)
+        for p in people:
+            if p is owner or rnd.random() < 0.5:
+                continue
+            if p.kind == "extranet" and kind == "internal":
+                continue
+            role = "member" if p.kind == "extranet" else rnd.choice(["member", "moderator"])
+            add(api, admin, gid, p, role=role)
+            model.roles[(gid, p.id)] = role
+    ghost = str(uuid.uuid4())
+    for actor in people:
+        who = "%s %s" % (where, actor)
+        listed = set()
+        cursor = ""
+        while True:
+            r = api.call("GET", "/groups", actor.token,
+                         params={"limit": 2, "cursor": cursor, "include_archived": "true"})
+            assert r.status_code == 200, who
+            listed |= {g["id"] for g in r.json().get("groups", [])}
+            cursor = r.json().get("next_cursor", "")
+            if not cursor:
+                break
+        expect_listed = {g for g in gids if model.sees_group(actor.id, g)}
+        if actor.kind == "admin":   # the shared admin also sees other tests' groups
+            assert listed & set(gids) == expect_listed, who
+        else:                       # fresh users: exactly their groups, nothing else
+            assert listed == expect_listed, who
+        for gid in gids + [ghost]:
+            sees = gid in model.groups and model.sees_group(actor.id, gid)
+            r = api.call("GET", "/groups/%s" % gid, actor.token)
+            assert r.status_code == (200 if sees else 404), (who, gid, r.text)
+            if not sees:
+                assert err(r) == NOT_FOUND, who
+            r = api.call("GET", "/groups/%s/members" % gid, actor.token)
+            assert r.status_code == (200 if sees else 404), (who, gid)
+            if sees:
+                got = {m["user_id"]: m["role"] for m in r.json()["members"]}
+                want = {u: role for (g, u), role in model.roles.items() if g == gid}
+                assert got == want, (who, gid)
+            else:
+                assert err(r) == NOT_FOUND, who
+            if gid == ghost:
+                continue
+            target = rnd.choice(people)
+            role = rnd.choice(["member", "moderator", "owner"])
+            want = model.add_status(actor.id, gid, target.id, role)
+            r = api.call("POST", "/groups/%s/members" % gid, actor.token,
+                         {"user_id": target.id, "role": role})
+            assert r.status_code == want, (who, gid, target, role, r.text)
+            if want == 201:
+                model.roles[(gid, target.id)] = role
+        got = {p["id"] for p in api.call("GET", "/contacts", actor.token).json().get("people", [])}
+        if actor.kind == "admin":   # the shared admin has contacts from other tests too
+            got &= set(by_id)
+        assert got == model.contacts(actor.id), who
+        for target in people:
+            r = api.call("GET", "/users/%s" % target.id, actor.token)
+            want = 200 if model.sees_person(actor.id, target.id) else 404
+            assert r.status_code == want, (who, by_id[target.id])
+
+
+# ------------------------------------------------------------------------------------ R11
+
+def test_r11_membership_changes_are_audited(api, mk, admin, mc):
+    if "audit" not in mc.service_bins():
+        pytest.skip("audit service not built")
+    owner, emp, ext = mk("employee"), mk("employee"), mk("extranet")
+    g = group(api, owner)
+    add(api, owner, g, emp)
+    add(api, admin, g, ext)
+    assert api.call("PATCH", "/groups/%s/members/%s" % (g, emp.id), owner.token,
+                    {"role": "moderator"}).status_code == 200
+    assert api.call("DELETE", "/groups/%s/members/%s" % (g, ext.id), emp.token).status_code == 204
+    assert api.call("PATCH", "/groups/%s" % g, owner.token, {"name": "n"}).status_code == 200
+    want = [("group.created", owner.id, g), ("member.added", owner.id, emp.id),
+            ("member.added", admin.id, ext.id), ("member.role_changed", owner.id, emp.id),
+            ("member.removed", emp.id, ext.id), ("group.updated", owner.id, g)]
+    deadline = time.monotonic() + 15
+    while True:
+        r = api.call("GET", "/admin/audit", admin.token, params={"group_id": g, "limit": 100})
+        assert r.status_code == 200, r.text
+        got = [(x["action"], x["actor_id"], x["target_id"]) for x in r.json().get("records", [])]
+        if all(w in got for w in want):
+            break
+        assert time.monotonic() < deadline, "audit records missing: %s" % \
+            [w for w in want if w not in got]
+        time.sleep(0.2)
+    for x in r.json()["records"]:
+        assert x["service"] == "membership" and x["outcome"] == "ok"
+        assert "@" not in x["details"]   # people by id, never by email
+
+
+# ------------------------------------------- through the broker: events and the internal Check
+
+@pytest.fixture(scope="module")
+def pb(tmp_path_factory):
+    """envelope_pb2 and membership_pb2 generated from proto/ with protoc --python_out."""
+    import subprocess
+    out = tmp_path_factory.mktemp("membership_pb")
+    root = Path(__file__).resolve().parents[2] / "proto"
+    subprocess.run(["protoc", "--proto_path", str(root), "--python_out", str(out),
+                    "envelope.proto", "membership.proto"], check=True)
+    sys.path.insert(0, str(out))
+    import envelope_pb2
+    import membership_pb2
+    return envelope_pb2, membership_pb2
+
+
+def mdp_call(mc, pb, method, msg, kind="SYSTEM", user_id="", session_id=""):
+    """One request through the broker with a minimal MDP client (RFC 7/MDP): (status, reply)."""
+    import zmq
+    env, _ = pb
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.connect(mc.urls["broker"])
+    try:
+        req = env.Request(request_id=str(uuid.uuid4()), method=method,
+                          deadline_ms=int(time.time() * 1000) + 10000,
+                          payload=msg.SerializeToString())
+        req.actor.kind = env.ActorKind.Value(kind)
+        req.actor.user_id, req.actor.session_id = user_id, session_id
+        s.send_multipart([b"", b"MDPC01", method.split(".")[0].encode(), req.SerializeToString()])
+        assert s.poll(12000), "no reply to %s" % method
+        frames = s.recv_multipart()
+        rep = env.Reply()
+        rep.ParseFromString(frames[3])
+        assert rep.request_id == req.request_id
+        return env.Status.Name(rep.status), rep
+    finally:
+        s.close(0)
+
+
+def test_r9_internal_check_follows_removal(api, mk, admin, mc, pb):
+    _, mp = pb
+    owner, ext = mk("employee"), mk("extranet")
+    g = group(api, owner)
+    add(api, admin, g, ext)
+    st, rep = mdp_call(mc, pb, "membership.Check", mp.CheckRequest(user_id=ext.id, group_id=g))
+    assert st == "OK"
+    cr = mp.CheckReply()
+    cr.ParseFromString(rep.payload)
+    assert cr.role == "member"
+    # Only services may ask; a signed-in user (even the member) may not.
+    st, _ = mdp_call(mc, pb, "membership.Check", mp.CheckRequest(user_id=ext.id, group_id=g),
+                     kind="EXTRANET", user_id=ext.id, session_id=str(uuid.uuid4()))
+    assert st == "FORBIDDEN"
+    assert api.call("DELETE", "/groups/%s/members/%s" % (g, ext.id),
+                    owner.token).status_code == 204
+    for gid in (g, str(uuid.uuid4()), "nope"):
+        st, _ = mdp_call(mc, pb, "membership.Check", mp.CheckRequest(user_id=ext.id, group_id=gid))
+        assert st == "NOT_FOUND"
+
+
+def test_r9_removal_publishes_membership_changed(api, mk, admin, mc, pb):
+    import zmq
+    env, mp = pb
+    owner, ext = mk("employee"), mk("extranet")
+    g = group(api, owner)
+    sub = zmq.Context.instance().socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, b"membership.changed")
+    sub.connect(mc.urls["events"])
+    try:
+        # Until the subscription has reached the broker's XPUB (slow joiner), events are
+        # dropped: create probe groups (their owner's "added" event) until one arrives.
+        deadline = time.monotonic() + 10
+        while True:
+            probe = group(api, owner, name="probe")
+            got = False
+            while sub.poll(200):
+                ev = env.Event()
+                ev.ParseFromString(sub.recv_multipart()[1])
+                ch = mp.MembershipChanged()
+                ch.ParseFromString(ev.payload)
+                got = got or ch.group_id == probe
+            if got:
+                break
+            assert time.monotonic() < deadline, "no membership.changed event ever arrived"
+        add(api, admin, g, ext)
+        assert api.call("DELETE", "/groups/%s/members/%s" % (g, ext.id),
+                        owner.token).status_code == 204
+        seen = []
+        deadline = time.monotonic() + 10
+        while ("removed", "") not in [(r, role) for (u, r, role) in seen if u == ext.id]:
+            assert time.monotonic() < deadline, seen
+            if not sub.poll(200):
+                continue
+            topic, body = sub.recv_multipart()[:2]
+            ev = env.Event()
+            ev.ParseFromString(body)
+            assert topic == b"membership.changed" and ev.topic == "membership.changed"
+            ch = mp.MembershipChanged()
+            ch.ParseFromString(ev.payload)
+            if ch.group_id == g:
+                seen.append((ch.user_id, ch.reason, ch.role))
+        assert (ext.id, "added", "member") in seen
+    finally:
+        sub.close(0)
+
+
+def test_r1_gateway_denies_a_cached_non_member_without_the_service(api, mk, admin, mc):
+    """The gateway reads the session and the caller's mem:{user} entry in one Redis round trip
+    on group routes: with membership stopped, a group the cache says the caller is not in still
+    answers 404 (same body), while the caller's own group, which needs the service, does not
+    answer 200."""
+    owner, ext = mk("employee"), mk("extranet")
+    mine, foreign = group(api, owner), group(api, owner)
+    add(api, admin, mine, ext)
+    assert api.call("GET", "/groups/%s" % mine, ext.token).status_code == 200  # mem:{ext} warm
+    assert mc.redis_command("HGET", "mem:" + ext.id, "_") == "1"
+    mc.stop_service("membership")
+    try:
+        for path in ("/groups/%s" % foreign, "/groups/%s/members" % foreign,
+                     "/groups/%s/members/%s" % (foreign, owner.id)):
+            method = "DELETE" if path.count("/") == 4 else "GET"
+            r = api.call(method, path, ext.token)
+            assert err(r) == NOT_FOUND, (path, r.text)
+        r = api.call("GET", "/groups/%s" % mine, ext.token)
+        assert r.status_code in (503, 504), r.text
+        # An admin is never denied from the cache: it goes to the (stopped) service.
+        assert api.call("GET", "/groups/%s" % foreign, admin.token).status_code in (503, 504)
+    finally:
+        mc.start_service("membership")
+    assert api.call("GET", "/groups/%s" % mine, ext.token).status_code == 200
