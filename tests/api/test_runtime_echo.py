@@ -5,11 +5,14 @@ Self-contained: starts its own broker and echo from $EXTRANET_BUILD_DIR (default
 
 import importlib
 import os
+import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -520,6 +523,112 @@ def test_runtime_two_brokers(tmp_path):
         b1.stop()
         b2.stop()
         ctx.term()
+    assert rc == 0, echo.text()[-4000:]
+    echo.assert_clean()
+
+
+class _BlackholeDns:
+    """A name server on 127.x.y.z:53 that reads queries and never answers, so every lookup of
+    a name not in /etc/hosts hangs until the resolver's timeout (as in a Swarm whose embedded
+    DNS cannot reach its upstream)."""
+
+    def __init__(self):
+        self.queries = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        for _ in range(50):
+            self.addr = "127.%d.%d.%d" % (random.randint(1, 254), random.randint(1, 254),
+                                          random.randint(2, 254))
+            try:
+                self.sock.bind((self.addr, 53))
+                break
+            except OSError:
+                continue
+        else:
+            raise AssertionError("no free 127.x.y.z:53 for the blackhole name server")
+        self.sock.settimeout(0.2)
+        self.stopping = False
+        self.t = threading.Thread(target=self._run, daemon=True)
+        self.t.start()
+
+    def _run(self):
+        while not self.stopping:
+            try:
+                self.sock.recvfrom(4096)
+                self.queries += 1
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+
+    def close(self):
+        self.stopping = True
+        self.t.join(2)
+        self.sock.close()
+
+
+def _can_fake_resolv_conf():
+    """Root and mount namespaces (unshare -m): the echo alone gets our resolv.conf."""
+    if os.geteuid() != 0 or not os.path.exists("/etc/resolv.conf"):
+        return False
+    try:
+        r = subprocess.run(["unshare", "-m", "sh", "-c",
+                            "mount --bind /etc/hosts /etc/resolv.conf"],
+                           capture_output=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def test_runtime_hanging_broker_lookup_keeps_live_link(tmp_path):
+    """EXTRANET_BROKER = one live broker + one name whose DNS lookup hangs. libzmq resolves
+    names in the I/O thread of the socket's context; the live link must not share it, so it
+    never goes silent: over ~12 s requests keep being answered promptly, the live link is never
+    reconnected (no "silent" for it, no second READY at the broker), and only the dead name's
+    link is reported silent."""
+    if not _can_fake_resolv_conf():
+        pytest.skip("needs root and unshare -m to give the echo a hanging name server")
+    tmp = str(tmp_path)
+    dns = _BlackholeDns()
+    resolv = os.path.join(tmp, "resolv.conf")
+    with open(resolv, "w") as f:
+        f.write("nameserver %s\noptions timeout:2 attempts:2\n" % dns.addr)
+    dead = "tcp://no-such-broker.invalid:5555"
+    broker = Broker(tmp, name="b-live.log")
+    env = {"EXTRANET_BROKER": broker.mdp + "," + dead,
+           "EXTRANET_EVENTS_PUB": broker.events_pub,
+           "EXTRANET_THREADS": "2", "EXTRANET_DRAIN_MS": "2000", "EXTRANET_LOG": "info"}
+    echo = Proc(["unshare", "-m", "sh", "-c", 'mount --bind "$1" /etc/resolv.conf && exec "$2"',
+                 "sh", resolv, str(ECHO_BIN)], env, os.path.join(tmp, "echo-dns.log"))
+    ctx = zmq.Context()
+    client = Client(ctx, broker.mdp)
+    try:
+        _wait_all_threads(client, 2)
+        slow = []
+        end = time.monotonic() + 12
+        i = 0
+        while time.monotonic() < end:
+            t0 = time.monotonic()
+            rep = client.call(timeout=10, data=b"d%d" % i)
+            took = time.monotonic() - t0
+            assert _echo_reply(rep).data == b"d%d" % i
+            if took > 1.0:
+                slow.append((i, round(took, 2)))
+            i += 1
+            time.sleep(0.2)
+        assert not slow, "slow answers through the live broker: %s" % slow
+        assert dns.queries > 0, "the echo never asked the blackhole name server"
+        text = echo.text()
+        live_silent = [ln for ln in text.splitlines()
+                       if broker.mdp in ln and ("silent" in ln or "reconnecting" in ln)]
+        assert not live_silent, "live link reconnected:\n" + "\n".join(live_silent)
+        assert dead + " silent" in text, text[-4000:]
+        assert broker.text().count("ready for 'echo'") == 2, broker.text()[-4000:]
+    finally:
+        client.close()
+        rc = echo.stop(timeout=60)
+        broker.stop()
+        ctx.term()
+        dns.close()
     assert rc == 0, echo.text()[-4000:]
     echo.assert_clean()
 

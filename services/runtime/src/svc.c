@@ -78,6 +78,11 @@ typedef struct {
 typedef struct s_svc {
     const svc_def_t *def;
     void *zctx;
+    /* One context per broker for the worker links, each with its own ZeroMQ I/O thread:
+     * libzmq resolves a host name synchronously in the I/O thread that connects it (again on
+     * every reconnect), so one broker name whose lookup hangs would otherwise stall the links
+     * to every other broker until they miss their heartbeats. */
+    void *link_ctx[MDP_MAX_BROKERS];
     const char *broker_list, *events_pub, *pg_conninfo, *redis_url;
     char *brokers[MDP_MAX_BROKERS];
     int nbrokers;
@@ -326,7 +331,7 @@ static int s_send_cmd(void *sock, int cmd, const void *extra, size_t extra_len) 
 }
 
 static int s_link_open(s_svc_t *svc, s_link_t *l, int b) {
-    l->sock = mdp_sock_new(svc->zctx, ZMQ_DEALER, 0);
+    l->sock = mdp_sock_new(svc->link_ctx[b], ZMQ_DEALER, 0);
     if (!l->sock)
         return -1;
     if (zmq_connect(l->sock, svc->brokers[b]) != 0) {
@@ -763,6 +768,19 @@ static int s_setup(s_svc_t *svc) {
         log_error("zmq_ctx_set: %s", zmq_strerror(zmq_errno()));
         return -1;
     }
+    for (int b = 0; b < svc->nbrokers; b++) {
+        svc->link_ctx[b] = zmq_ctx_new();
+        if (!svc->link_ctx[b]) {
+            log_error("zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
+            return -1;
+        }
+        int links = (int)svc->nthreads + 16;
+        if (links > ZMQ_MAX_SOCKETS_DFLT &&
+            zmq_ctx_set(svc->link_ctx[b], ZMQ_MAX_SOCKETS, links) != 0) {
+            log_error("zmq_ctx_set: %s", zmq_strerror(zmq_errno()));
+            return -1;
+        }
+    }
     if (def->start) {
         svc_thread_t tmp;
         int rc = s_thread_open(svc, &tmp, -1, false);
@@ -933,6 +951,14 @@ static void s_teardown(s_svc_t *svc) {
         }
     }
     svc->zctx = NULL;
+    /* The link sockets were closed by the I/O thread, which has been joined. */
+    for (int b = 0; b < MDP_MAX_BROKERS; b++) {
+        if (svc->link_ctx[b]) {
+            while (zmq_ctx_term(svc->link_ctx[b]) != 0 && zmq_errno() == EINTR) {
+            }
+        }
+        svc->link_ctx[b] = NULL;
+    }
 }
 
 int svc_main(const svc_def_t *def, int argc, char **argv) {
