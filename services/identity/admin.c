@@ -86,10 +86,13 @@ static void s_create_user(svc_thread_t *t, svc_call_t *call, const char *email,
     Extranet__Identity__User *u = NULL;
     char details[64];
     snprintf(details, sizeof details, "{\"kind\":\"%s\"}", kind);
+    store_timer_t timer = {0};
     int rc;
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_user_insert(t->pg, call->arena, email, display_name, kind, hash,
                                 expires_at[0] ? expires_at : NULL, &u)) != 0 ||
+        (u->expires_at[0] &&
+         (rc = store_timer_enqueue(t->pg, call->arena, u->id, CALL_EXPIRY_HOLD_S, &timer)) != 0) ||
         (rc = call_audit(t, call, NULL, "user.created", "user", u->id, "ok", details)) != 0 ||
         (rc = pg_commit(t->pg)) != 0)
         pg_rollback(t->pg);
@@ -103,7 +106,7 @@ static void s_create_user(svc_thread_t *t, svc_call_t *call, const char *email,
     }
     log_info("user %s created (%s)", u->id, kind);
     if (u->expires_at[0])
-        call_expiry(t, call, u->id, u->expires_at);
+        call_expiry(t, call, &timer);
     svc_reply_ok(call, &u->base);
 }
 
@@ -133,26 +136,28 @@ void admin_get_user(svc_thread_t *t, svc_call_t *call) {
 }
 
 /* Revokes (all sessions) or only invalidates the cache of a user inside an open transaction,
- * commits, clears Redis and answers: OK with the reloaded user, or UNAVAILABLE. */
-static void s_commit_and_reply(svc_thread_t *t, svc_call_t *call, const char *id, store_hashes_t *h,
+ * commits, clears Redis and answers: OK with the reloaded user, or UNAVAILABLE. Returns
+ * whether the transaction committed. */
+static bool s_commit_and_reply(svc_thread_t *t, svc_call_t *call, const char *id, store_hashes_t *h,
                                const char *reason) {
     int rc = pg_commit(t->pg);
     if (rc != 0) {
         call_store_fail(call, rc, "user");
-        return;
+        return false;
     }
     if (call_after_revoke(t, call->arena, id, h, reason) != 0) {
         svc_fail(call, EXTRANET__STATUS__UNAVAILABLE,
                  "saved, but the session cache is not cleared yet; retry");
-        return;
+        return true;
     }
     store_user_t u;
     rc = store_user_by_id(t->pg, call->arena, id, &u);
     if (rc != 0) {
         call_store_fail(call, rc, "user");
-        return;
+        return true;
     }
     svc_reply_ok(call, &u.user->base);
+    return true;
 }
 
 void admin_update_user(svc_thread_t *t, svc_call_t *call) {
@@ -192,11 +197,16 @@ void admin_update_user(svc_thread_t *t, svc_call_t *call) {
              req->display_name[0] ? "true" : "false", req->status[0] ? "true" : "false",
              expiry_changed ? "true" : "false");
     store_hashes_t h = {0};
+    store_timer_t timer = {0};
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_user_update(t->pg, req->id, req->display_name[0] ? req->display_name : NULL,
                                 req->status[0] ? req->status : NULL,
                                 req->expires_at[0] ? req->expires_at : NULL,
                                 req->clear_expires_at)) != 0 ||
+        /* the timer change is queued with the expires_at change (the tick ships it when
+         * expiry cannot take it right after the commit) */
+        (expiry_changed && (rc = store_timer_enqueue(t->pg, call->arena, req->id,
+                                                     CALL_EXPIRY_HOLD_S, &timer)) != 0) ||
         (deactivate && (rc = store_sessions_revoke(t->pg, call->arena, STORE_REVOKE_ALL, req->id,
                                                    NULL, &h)) != 0) ||
         (!deactivate && expiry_changed &&
@@ -208,18 +218,9 @@ void admin_update_user(svc_thread_t *t, svc_call_t *call) {
     }
     log_info("user %s updated by %s%s", req->id, call_actor(call)->user_id,
              deactivate ? " (deactivated)" : "");
-    if (expiry_changed) {
-        /* Reload for the normalized (UTC) time, then tell expiry after the commit below. */
-        s_commit_and_reply(t, call, req->id, &h, deactivate ? "deactivated" : NULL);
-        if (call->status == EXTRANET__STATUS__OK || call->status == EXTRANET__STATUS__UNAVAILABLE) {
-            store_user_t after;
-            if (store_user_by_id(t->pg, call->arena, req->id, &after) == 0)
-                call_expiry(t, call, req->id,
-                            after.user->expires_at[0] ? after.user->expires_at : NULL);
-        }
-        return;
-    }
-    s_commit_and_reply(t, call, req->id, &h, deactivate ? "deactivated" : NULL);
+    if (s_commit_and_reply(t, call, req->id, &h, deactivate ? "deactivated" : NULL) &&
+        expiry_changed)
+        call_expiry(t, call, &timer); /* the fast path; the outbox row covers a failure */
 }
 
 void admin_deactivate(svc_thread_t *t, svc_call_t *call) {

@@ -139,36 +139,45 @@ void call_notice(svc_thread_t *t, const Extranet__Identity__User *u, const char 
         log_warn("could not queue the security notice \"%s\"", subject);
 }
 
-/* Registers (due_at != NULL) or cancels the user.expire timer. The expiry service is the
- * clean-up, not the guard (authentication compares expires_at itself, R9), so a failure is
- * logged and the caller still answers OK. */
-void call_expiry(svc_thread_t *t, svc_call_t *call, const char *user_id, const char *due_at) {
+/* Sends one queued timer row to expiry as SYSTEM: expiry.Schedule{user.expire, user_id,
+ * due_at} or expiry.Cancel{user.expire, user_id}. Returns rpc_call's code. */
+int call_expiry_send(svc_thread_t *t, const char *request_id, const store_timer_t *tm,
+                     int64_t deadline_ms, char *err, size_t errlen) {
     Extranet__Actor sys = EXTRANET__ACTOR__INIT;
     sys.kind = EXTRANET__ACTOR_KIND__SYSTEM;
+    if (!strcmp(tm->op, "schedule")) {
+        Extranet__Expiry__Timer timer = EXTRANET__EXPIRY__TIMER__INIT;
+        timer.kind = "user.expire";
+        timer.subject = tm->user_id;
+        timer.due_at = tm->due_at;
+        Extranet__Expiry__ScheduleRequest req = EXTRANET__EXPIRY__SCHEDULE_REQUEST__INIT;
+        req.timer = &timer;
+        return rpc_call(t->rpc, "expiry.Schedule", &sys, request_id, deadline_ms, &req.base, NULL,
+                        NULL, err, errlen);
+    }
+    Extranet__Expiry__CancelRequest req = EXTRANET__EXPIRY__CANCEL_REQUEST__INIT;
+    req.kind = "user.expire";
+    req.subject = tm->user_id;
+    return rpc_call(t->rpc, "expiry.Cancel", &sys, request_id, deadline_ms, &req.base, NULL, NULL,
+                    err, errlen);
+}
+
+/* The fast path after the commit that queued tm: sends it at once (deadline: the call's
+ * remaining time, 2 s at most) and deletes the row on OK. On failure the row stays for the
+ * tick; the caller still answers OK (authentication enforces expires_at itself, R9). */
+void call_expiry(svc_thread_t *t, svc_call_t *call, const store_timer_t *tm) {
     int64_t left = svc_call_remaining_ms(call) - 300;
     int64_t deadline = util_now_ms() + (left < 2000 ? (left > 100 ? left : 100) : 2000);
     char err[160] = "";
-    int rc;
-    if (due_at) {
-        Extranet__Expiry__Timer timer = EXTRANET__EXPIRY__TIMER__INIT;
-        timer.kind = "user.expire";
-        timer.subject = (char *)user_id;
-        timer.due_at = (char *)due_at;
-        Extranet__Expiry__ScheduleRequest req = EXTRANET__EXPIRY__SCHEDULE_REQUEST__INIT;
-        req.timer = &timer;
-        rc = rpc_call(t->rpc, "expiry.Schedule", &sys, call->req->request_id, deadline, &req.base,
-                      NULL, NULL, err, sizeof err);
-    } else {
-        Extranet__Expiry__CancelRequest req = EXTRANET__EXPIRY__CANCEL_REQUEST__INIT;
-        req.kind = "user.expire";
-        req.subject = (char *)user_id;
-        rc = rpc_call(t->rpc, "expiry.Cancel", &sys, call->req->request_id, deadline, &req.base,
-                      NULL, NULL, err, sizeof err);
+    int rc = call_expiry_send(t, call->req->request_id, tm, deadline, err, sizeof err);
+    if (rc != 0) {
+        log_warn("expiry %s for user %s failed (%d: %s); queued, the tick retries", tm->op,
+                 tm->user_id, rc, err);
+        return;
     }
-    if (rc != 0)
-        log_warn("expiry.%s for user %s failed (%d: %s); authentication still enforces "
-                 "expires_at",
-                 due_at ? "Schedule" : "Cancel", user_id, rc, err);
+    if (store_timer_done(t->pg, tm->user_id, tm->gen) != 0)
+        log_warn("expiry %s for user %s sent; its outbox row stays and is sent again", tm->op,
+                 tm->user_id);
 }
 
 /* Creates a session for u and fills reply->token. Returns 0 or answers and returns -1. */

@@ -36,9 +36,15 @@ int call_after_revoke(svc_thread_t *t, arena_t *a, const char *user_id, const st
  * transaction when there is one. */
 void call_notice(svc_thread_t *t, const Extranet__Identity__User *u, const char *subject,
                  const char *what);
-/* Registers (due_at) or cancels (NULL) the user.expire timer with expiry as SYSTEM; failures
- * are logged only (authentication enforces expires_at itself, R9). */
-void call_expiry(svc_thread_t *t, svc_call_t *call, const char *user_id, const char *due_at);
+/* Expiry timers (README.md "Expiry timers"): a handler queues the user.expire change with
+ * store_timer_enqueue inside its transaction, commits, then calls call_expiry (the fast path:
+ * sends it now, deletes the row on OK; on failure logs and leaves the row to the tick).
+ * call_expiry_send sends one row as SYSTEM (Schedule or Cancel) and returns rpc_call's code. */
+int call_expiry_send(svc_thread_t *t, const char *request_id, const store_timer_t *tm,
+                     int64_t deadline_ms, char *err, size_t errlen) WUR;
+void call_expiry(svc_thread_t *t, svc_call_t *call, const store_timer_t *tm);
+/* Seconds the tick leaves a freshly queued row to the request's own attempt (> its 2 s). */
+#define CALL_EXPIRY_HOLD_S 5
 
 /* Audit (services/audit/README.md lists the actions). Writes one record for this call through
  * t->pg inside the caller's open transaction; actor NULL = the call's actor, target_type /

@@ -1,5 +1,6 @@
 /* identity's dispatch table (one handler per protobuf method, in auth.c, me.c and admin.c),
- * the start hook (first admin) and the tick (pending invalidations, mail outbox, clean-up). */
+ * the start hook (first admin) and the tick (pending invalidations, mail and timer outboxes,
+ * clean-up). */
 #include "calls.h"
 #include "extranet/audit.h"
 #include "extranet/log.h"
@@ -85,6 +86,32 @@ static void s_tick_mail(svc_thread_t *t, arena_t *a) {
     }
 }
 
+/* Ships the expiry timer outbox: rows whose request could not reach expiry right after its
+ * commit. OK (or INVALID, which no retry can fix) deletes the row (only its version: a newer
+ * change stays); anything else leaves it to its backoff and ends the batch, so a down expiry
+ * costs the tick one short call. */
+static void s_tick_timers(svc_thread_t *t, arena_t *a) {
+    store_timer_t *v = NULL;
+    size_t n = 0;
+    if (store_timer_claim(t->pg, a, 20, &v, &n) != 0)
+        return;
+    for (size_t i = 0; i < n && !svc_stopping(); i++) {
+        char err[160] = "";
+        int rc = call_expiry_send(t, NULL, &v[i], util_now_ms() + 1500, err, sizeof err);
+        if (rc == -(1000 + EXTRANET__STATUS__INVALID))
+            log_error("expiry refused %s for user %s (%s); dropped", v[i].op, v[i].user_id, err);
+        else if (rc != 0) {
+            log_warn("expiry %s for user %s failed (attempt %d, %d: %s); retried later", v[i].op,
+                     v[i].user_id, v[i].attempts, rc, err);
+            break;
+        } else
+            log_info("expiry %s for user %s sent from the outbox (attempt %d)", v[i].op,
+                     v[i].user_id, v[i].attempts);
+        if (store_timer_done(t->pg, v[i].user_id, v[i].gen) != 0)
+            log_warn("could not delete the timer outbox row of user %s", v[i].user_id);
+    }
+}
+
 void identity_tick(svc_thread_t *t) {
     static __thread unsigned ticks;
     arena_t *a = arena_new((size_t)4 * 1024 * 1024);
@@ -95,6 +122,8 @@ void identity_tick(svc_thread_t *t) {
     s_tick_invalidations(t, a);
     arena_reset(a);
     s_tick_mail(t, a);
+    arena_reset(a);
+    s_tick_timers(t, a);
     (void)audit_relay_tick(t); /* logs its own failures; rows wait in the outbox */
     if (ticks++ % 60 == 0 && store_cleanup(t->pg) != 0)
         log_warn("clean-up of expired sessions failed");

@@ -47,5 +47,5 @@ void admin_create_extranet_account(svc_thread_t *t, svc_call_t *call);
 void admin_lookup_email(svc_thread_t *t, svc_call_t *call);
 void admin_get_users(svc_thread_t *t, svc_call_t *call);
 void admin_send_mail(svc_thread_t *t, svc_call_t *call);
-void identity_tick(svc_thread_t *t); /* pending invalidations, mail outbox, clean-up */
+void identity_tick(svc_thread_t *t); /* pending invalidations, mail + timer outboxes, clean-up */
 #endif

@@ -212,6 +212,29 @@ const pg_stmt_t identity_statements[] = {
      "RETURNING id::text AS id, rcpt, subject, body, attempts",
      1},
     {"mail_delete", "DELETE FROM mail_outbox WHERE id = $1::bigint", 1},
+    /* The user's expires_at as written in the caller's transaction. The tick leaves the row
+     * alone for $2 seconds: the request itself sends it right after the commit. */
+    {"timer_enqueue",
+     "INSERT INTO timer_outbox (user_id, op, due_at, next_attempt_at) "
+     "SELECT id, CASE WHEN expires_at IS NULL THEN 'cancel' ELSE 'schedule' END, expires_at, "
+     "       now() + make_interval(secs => $2::integer) FROM users WHERE id = $1::uuid "
+     "ON CONFLICT (user_id) DO UPDATE SET op = EXCLUDED.op, due_at = EXCLUDED.due_at, "
+     "gen = gen_random_uuid(), attempts = 0, next_attempt_at = EXCLUDED.next_attempt_at, "
+     "updated_at = now() "
+     "RETURNING user_id::text AS user_id, op, coalesce(rfc3339(due_at), '') AS due_at, "
+     "gen::text AS gen, attempts",
+     2},
+    /* Claims due rows and pushes them out by their backoff (2 s doubling, 60 s at most). */
+    {"timer_claim",
+     "UPDATE timer_outbox SET attempts = attempts + 1, "
+     "next_attempt_at = now() + least(interval '60 seconds', "
+     "                                interval '2 seconds' * power(2, least(attempts, 5))) "
+     "WHERE user_id IN (SELECT user_id FROM timer_outbox WHERE next_attempt_at <= now() "
+     "                  ORDER BY next_attempt_at LIMIT $1::integer FOR UPDATE SKIP LOCKED) "
+     "RETURNING user_id::text AS user_id, op, coalesce(rfc3339(due_at), '') AS due_at, "
+     "gen::text AS gen, attempts",
+     1},
+    {"timer_done", "DELETE FROM timer_outbox WHERE user_id = $1::uuid AND gen = $2::uuid", 2},
     AUDIT_PG_STMTS, /* audit_record + the relay (extranet/audit.h) */
     {NULL, NULL, 0},
 };
@@ -753,4 +776,55 @@ int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t
 int store_mail_delete(pg_t *pg, const char *id) {
     const char *params[] = {id};
     return s_exec(pg, "mail_delete", params, false, NULL);
+}
+
+/* --- expiry timer outbox ------------------------------------------------------------------ */
+
+/* Row i of a timer_outbox result into *ret (strings in the arena). */
+static int s_timer_row(arena_t *a, const PGresult *res, int i, store_timer_t *ret) {
+    ret->user_id = s_col(a, res, i, "user_id");
+    ret->op = s_col(a, res, i, "op");
+    ret->due_at = s_col(a, res, i, "due_at");
+    ret->gen = s_col(a, res, i, "gen");
+    ret->attempts = (int)s_i64(res, i, "attempts");
+    return ret->user_id && ret->op && ret->due_at && ret->gen ? 0 : -ENOMEM;
+}
+
+int store_timer_enqueue(pg_t *pg, arena_t *a, const char *user_id, int hold_s, store_timer_t *ret) {
+    char hold[16];
+    snprintf(hold, sizeof hold, "%d", hold_s);
+    const char *params[] = {user_id, hold};
+    PGresult *res = NULL;
+    int rc = s_exec(pg, "timer_enqueue", params, true, &res);
+    if (rc != 0)
+        return rc;
+    rc = s_timer_row(a, res, 0, ret);
+    PQclear(res);
+    return rc;
+}
+
+int store_timer_claim(pg_t *pg, arena_t *a, int limit, store_timer_t **ret, size_t *ret_n) {
+    char lim[16];
+    snprintf(lim, sizeof lim, "%d", limit);
+    const char *params[] = {lim};
+    PGresult *res = NULL;
+    int rc = s_exec(pg, "timer_claim", params, false, &res);
+    if (rc != 0)
+        return rc;
+    size_t n = (size_t)PQntuples(res);
+    store_timer_t *v = arena_alloc(a, (n ? n : 1) * sizeof *v);
+    rc = v ? 0 : -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < n; i++)
+        rc = s_timer_row(a, res, (int)i, &v[i]);
+    PQclear(res);
+    if (rc == 0) {
+        *ret = v;
+        *ret_n = n;
+    }
+    return rc;
+}
+
+int store_timer_done(pg_t *pg, const char *user_id, const char *gen) {
+    const char *params[] = {user_id, gen};
+    return s_exec(pg, "timer_done", params, false, NULL);
 }

@@ -139,4 +139,22 @@ typedef struct {
 /* Claims up to limit due mails (pushes their next_at out, counts the attempt). */
 int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t *ret_n) WUR;
 int store_mail_delete(pg_t *pg, const char *id) WUR;
+
+/* --- expiry timer outbox (migrations/004_timer_outbox.sql) --- */
+typedef struct {
+    char *user_id; /* in the arena */
+    char *op;      /* "schedule" | "cancel" */
+    char *due_at;  /* RFC 3339 UTC; "" for cancel */
+    char *gen;     /* uuid of this version of the row: timer_done deletes only it */
+    int attempts;  /* tick attempts so far (claim counts one) */
+} store_timer_t;
+/* Inside the caller's transaction: queues schedule (the user's expires_at as now stored) or
+ * cancel (expires_at NULL) for user_id, replacing a pending row; the tick leaves it for
+ * hold_s seconds (the caller's own attempt after the commit). -ENOENT: no such user. */
+int store_timer_enqueue(pg_t *pg, arena_t *a, const char *user_id, int hold_s,
+                        store_timer_t *ret) WUR;
+/* Claims up to limit due rows (counts the attempt, pushes next_attempt_at out by the backoff). */
+int store_timer_claim(pg_t *pg, arena_t *a, int limit, store_timer_t **ret, size_t *ret_n) WUR;
+/* Deletes the row only while it is still version gen (a newer change stays queued). */
+int store_timer_done(pg_t *pg, const char *user_id, const char *gen) WUR;
 #endif
