@@ -5,6 +5,7 @@ tests (tests/api/conftest.py) and `scripts/dev` both drive this one file. Stdlib
 
     c = Cluster(); c.start(); ...; c.stop()      # or: with Cluster() as c: ...
     python3 tests/lib/cluster.py serve --state-dir .dev [--daemon]    # what scripts/dev runs
+    python3 tests/lib/cluster.py pg-only --state-dir DIR   # PostgreSQL alone (tests/run, ctest)
 """
 
 import argparse
@@ -296,9 +297,17 @@ class Cluster:
     def start(self):
         """Starts everything and waits until ready. A port taken between our choice and the
         bind (another cluster on the machine) is retried with new ports, twice at most."""
+        return self._start_retrying(self._start_once)
+
+    def start_pg_only(self):
+        """Starts PostgreSQL alone, with the extranet role and database, and waits until it
+        takes connections: self.urls["pg"] is its conninfo. stop() ends it as usual."""
+        return self._start_retrying(self._start_pg_only_once)
+
+    def _start_retrying(self, start_once):
         for attempt in range(3):
             try:
-                self._start_once()
+                start_once()
                 return self
             except ClusterError as e:
                 in_use = "already in use" in str(e).lower() or "EADDRINUSE" in str(e)
@@ -350,6 +359,17 @@ class Cluster:
         if self.gateway_bin():
             self._add(self._gateway_proc()).spawn(self.dir)
             self._wait(["gateway"], "the gateway's /readyz")
+
+    def _start_pg_only_once(self):
+        self.deadline = time.monotonic() + self.timeout
+        self.dir = Path(tempfile.mkdtemp(prefix="extranet-pg-"))
+        os.chmod(self.dir, 0o711)  # PostgreSQL runs as another user and must reach pg/
+        self.procs, self.problems, self.services = {}, [], []
+        self._plan()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._start_pg()
+        self._wait(["postgres"], "PostgreSQL")
+        self._create_db()
 
     def _add(self, proc):
         self.procs[proc.name] = proc
@@ -839,15 +859,68 @@ def serve(state_dir, daemon):
     return code
 
 
+def pg_only(state_dir):
+    """Runs PostgreSQL alone until SIGTERM/SIGINT (tests/run's unit tests). Writes into
+    state_dir: conninfo (mode 0600: it holds the password) and then ready, or failed (the
+    error); PostgreSQL's log is state_dir/logs/postgres.log."""
+    state = Path(state_dir).resolve()
+    state.mkdir(parents=True, exist_ok=True)
+    for f in ("ready", "failed", "conninfo"):
+        (state / f).unlink(missing_ok=True)
+
+    def on_signal(signum, frame):
+        raise _Shutdown()
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    c = Cluster(log_dir=state / "logs")
+    code = 0
+    try:
+        try:
+            c.start_pg_only()
+        except (ClusterError, OSError, subprocess.SubprocessError) as e:
+            _write_atomic(state / "failed", "%s\n" % e)
+            return 1
+        fd = os.open(str(state / "conninfo.tmp"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(c.urls["pg"])
+        os.replace(state / "conninfo.tmp", state / "conninfo")
+        _write_atomic(state / "ready", "%d\n" % c.ports["pg"])
+        while True:
+            time.sleep(1)
+            if not c.procs["postgres"].running():
+                print("pg-only: PostgreSQL exited (log %s)" % c.procs["postgres"].log,
+                      file=sys.stderr, flush=True)
+                code = 1
+                break
+    except _Shutdown:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:
+            c.stop()
+        except SanitizerError as e:
+            print(str(e), file=sys.stderr, flush=True)
+            code = 1
+        for f in ("ready", "conninfo"):
+            (state / f).unlink(missing_ok=True)
+    return code
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="extranet native cluster")
     sub = ap.add_subparsers(dest="cmd", required=True)
     sp = sub.add_parser("serve", help="run a cluster until SIGTERM (scripts/dev up)")
     sp.add_argument("--state-dir", default=str(REPO / ".dev"))
     sp.add_argument("--daemon", action="store_true")
+    sp = sub.add_parser("pg-only", help="run PostgreSQL alone until SIGTERM (tests/run)")
+    sp.add_argument("--state-dir", required=True)
     args = ap.parse_args(argv)
     if args.cmd == "serve":
         return serve(args.state_dir, args.daemon)
+    if args.cmd == "pg-only":
+        return pg_only(args.state_dir)
     return 2
 
 
