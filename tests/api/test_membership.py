@@ -977,3 +977,38 @@ def test_r1_gateway_denies_a_cached_non_member_without_the_service(api, mk, admi
     finally:
         mc.start_service("membership")
     assert api.call("GET", "/groups/%s" % mine, ext.token).status_code == 200
+
+
+def test_r13_refused_accept_leaves_the_invitation_usable(api, mk, mailbox):
+    """A redeem identity refuses (a too short password, a bad name) does not burn the token: the
+    claim goes back, and a correct redeem afterwards works once."""
+    owner = mk("employee")
+    g = group(api, owner)
+    email = "retry-%s@outside.test" % uuid.uuid4().hex[:8]
+    _, token = invite(api, owner, g, email, mailbox)
+    for body in ({"display_name": "x", "password": "short"},
+                 {"display_name": "x" * 300, "password": PASSWORD},
+                 {"display_name": "x", "password": ""}):
+        r = api.call("POST", "/invitations/%s/accept" % token, None, body)
+        assert r.status_code == 400, r.text
+    assert api.call("GET", "/invitations/%s" % token).status_code == 200
+    r = api.call("POST", "/invitations/%s/accept" % token, None,
+                 {"display_name": "Fine", "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    assert err(api.call("GET", "/invitations/%s" % token)) == NOT_FOUND
+
+
+def test_r13_hostile_invitation_inputs(api, mk, admin):
+    owner, ext = mk("employee"), mk("extranet")
+    g = group(api, owner)
+    add(api, admin, g, ext)
+    for email in ("a@b.c\r\nBcc: x@evil.test", "<x@y.test>", "no-at-sign", "a@b@c.test", ""):
+        r = api.call("POST", "/groups/%s/invitations" % g, owner.token, {"email": email})
+        assert r.status_code == 400, (email, r.text)
+    # An extranet member cannot invite (members only; R1 for strangers is covered above).
+    r = api.call("POST", "/groups/%s/invitations" % g, ext.token, {"email": "f@outside.test"})
+    assert r.status_code == 403
+    # An archived group takes no invitations.
+    assert api.call("DELETE", "/groups/%s" % g, owner.token).status_code == 204
+    r = api.call("POST", "/groups/%s/invitations" % g, owner.token, {"email": "f@outside.test"})
+    assert r.status_code == 409
