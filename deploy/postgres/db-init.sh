@@ -45,10 +45,11 @@ SELECT format('CREATE SCHEMA %I AUTHORIZATION %I', :'role', :'role')
  WHERE NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = :'role') \gexec
 ALTER SCHEMA :"role" OWNER TO :"role";
 REVOKE ALL ON SCHEMA :"role" FROM PUBLIC;
--- CONNECT, and CREATE on the database: pg_migrate runs CREATE SCHEMA IF NOT EXISTS, which
--- PostgreSQL checks against the database's CREATE right even when the schema exists. It
--- lets the role create new schemas, never enter another service's (owned by that service).
-GRANT CONNECT, TEMPORARY, CREATE ON DATABASE :"db" TO :"role";
+-- CONNECT only, no CREATE on the database: the schema exists (above), and pg_migrate looks it
+-- up before creating it. The REVOKE takes the right back from databases set up by earlier
+-- versions of this script, which granted it.
+GRANT CONNECT, TEMPORARY ON DATABASE :"db" TO :"role";
+REVOKE CREATE ON DATABASE :"db" FROM :"role";
 ALTER ROLE :"role" IN DATABASE :"db" SET search_path = :"role";
 SQL
     echo "db-init: role and schema $svc ($login)"

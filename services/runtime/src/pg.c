@@ -373,6 +373,22 @@ static int s_exec_ok(PGconn *conn, const char *what, const char *sql) {
     return rc;
 }
 
+/* 1 when the schema exists, 0 when not, -EIO on error. */
+static int s_schema_exists(PGconn *conn, const char *schema) {
+    const char *params[1] = {schema};
+    PGresult *res = PQexecParams(conn, "SELECT 1 FROM pg_namespace WHERE nspname = $1", 1, NULL,
+                                 params, NULL, NULL, 0);
+    int rc;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        s_log_result_error("look up schema", res, conn);
+        rc = -EIO;
+    } else {
+        rc = PQntuples(res) > 0 ? 1 : 0;
+    }
+    PQclear(res);
+    return rc;
+}
+
 /* 1 when version is recorded, 0 when not, -EIO on error. */
 static int s_migration_applied(PGconn *conn, const char *table, int version) {
     char sql[512], v[16];
@@ -447,9 +463,17 @@ int pg_migrate(const char *conninfo, const char *schema, const pg_migration_t *m
         s_log_conn_error("escape schema", conn);
         goto out;
     }
-    snprintf(sql, sizeof sql, "CREATE SCHEMA IF NOT EXISTS %s", qschema);
-    if (s_exec_ok(conn, "create schema", sql) < 0)
+    /* CREATE SCHEMA IF NOT EXISTS needs CREATE on the database even when the schema exists;
+     * a deployment creates each service's schema beforehand (deploy/postgres/db-init.sh) and
+     * grants no such right, so only a missing schema is created. */
+    int exists = s_schema_exists(conn, schema);
+    if (exists < 0)
         goto out;
+    if (!exists) {
+        snprintf(sql, sizeof sql, "CREATE SCHEMA IF NOT EXISTS %s", qschema);
+        if (s_exec_ok(conn, "create schema", sql) < 0)
+            goto out;
+    }
     snprintf(table, sizeof table, "%s.schema_migrations", qschema);
     snprintf(sql, sizeof sql,
              "CREATE TABLE IF NOT EXISTS %s (version int PRIMARY KEY, name text NOT NULL, "
