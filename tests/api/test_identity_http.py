@@ -245,6 +245,9 @@ def test_oathtool_code_accepted_for_login(api, admin):
     step = int(confirmed_at // 30)
     while int(time.time() // 30) == step:
         time.sleep(0.5)
+    # The wait may outlast the gateway's idle timeout (EXTRANET_HTTP_TIMEOUT_S, 15 s): drop the
+    # pooled keep-alive connection rather than race the server closing it.
+    api.s.close()
     mfa = api.login(u["email"], PASSWORD).json()["mfa_token"]
     r = api.call("POST", "/auth/mfa", body={"mfa_token": mfa, "code": oathtool(secret)})
     assert r.status_code == 200, r.text
