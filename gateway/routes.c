@@ -67,6 +67,9 @@ static const gw_route_t s_routes[] = {
      AUTH, 200, NULL, 0},
     {"GET", "/api/v1/admin/audit/verify", "audit.Verify", EMPTY, AU(verify_reply), AUTH, 200, NULL,
      0},
+    /* a group's own records: its owner and admins; anyone else 404 like a missing group */
+    {"GET", "/api/v1/groups/{gid}/audit", "audit.QueryGroup", AU(group_query_request),
+     AU(query_reply), AUTH, 200, NULL, 0},
     /* groups, members, invitations, people (services/membership/README.md) */
     {"POST", "/api/v1/groups", "membership.CreateGroup", MB(create_group_request), MB(group),
      AUTH | BODY, 201, NULL, 0},

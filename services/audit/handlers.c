@@ -1,5 +1,6 @@
 /* audit's request handlers, one per method of proto/audit.proto, and their dispatch table:
- * Append (relays, SYSTEM only), Query, Export and Verify (admins; SYSTEM too for tools). */
+ * Append (relays, SYSTEM only), Query, Export and Verify (admins; SYSTEM too for tools),
+ * QueryGroup (a group's owner, after membership.Check; admins). */
 #include "audit_svc.h"
 
 #include "audit.pb-c.h"
@@ -7,6 +8,7 @@
 #include "extranet/audit.h"
 #include "extranet/log.h"
 #include "extranet/util.h"
+#include "membership.pb-c.h"
 #include "store.h"
 
 #include <errno.h>
@@ -24,6 +26,7 @@
 #define VERIFY_CHUNK   2000
 #define APPEND_MAX     1000
 #define FILTER_MAX     256
+#define NOT_FOUND_MSG  "not found" /* membership's R1 text: hidden = missing, same body */
 
 static bool s_actor_is(svc_call_t *call, bool admin_ok) {
     const Extranet__Actor *a = call->req->actor;
@@ -209,6 +212,87 @@ static void s_query(svc_thread_t *t, svc_call_t *call) {
         return;
     const char *fields[8] = {rq->actor_id,  rq->action, rq->group_id, rq->target_type,
                              rq->target_id, rq->since,  rq->until,    rq->request_id};
+    audit_filter_t f;
+    int64_t after;
+    int limit;
+    if (!s_paging_or_reply(call, fields, rq->cursor, rq->limit, QUERY_DEFAULT, QUERY_MAX, &f,
+                           &after, &limit))
+        return;
+    Extranet__Audit__QueryReply reply = EXTRANET__AUDIT__QUERY_REPLY__INIT;
+    int rc = audit_store_query(t->pg, call->arena, &f, after, INT64_MAX, limit, &reply.records,
+                               &reply.n_records);
+    if (rc != 0) {
+        s_db_failed(call, rc);
+        return;
+    }
+    reply.next_cursor = s_next_cursor(call->arena, reply.records, reply.n_records, limit);
+    if (!reply.next_cursor) {
+        svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
+        return;
+    }
+    svc_reply_ok(call, &reply.base);
+}
+
+/* May the caller read group gid's records? Admins and SYSTEM: yes. Anyone else must be the
+ * group's owner per membership.Check (asked as SYSTEM, a base service's read call); every other
+ * answer, a malformed gid included, replies NOT_FOUND exactly like a missing group (R1). */
+static bool s_group_reader_or_reply(svc_thread_t *t, svc_call_t *call, const char *gid) {
+    const Extranet__Actor *a = call->req->actor;
+    if (!util_uuid_valid(gid)) {
+        svc_fail(call, EXTRANET__STATUS__NOT_FOUND, NOT_FOUND_MSG);
+        return false;
+    }
+    if (a && (a->kind == EXTRANET__ACTOR_KIND__ADMIN || a->kind == EXTRANET__ACTOR_KIND__SYSTEM))
+        return true;
+    if (!a || !a->user_id || !util_uuid_valid(a->user_id)) {
+        svc_fail(call, EXTRANET__STATUS__NOT_FOUND, NOT_FOUND_MSG);
+        return false;
+    }
+    Extranet__Actor sys = EXTRANET__ACTOR__INIT;
+    sys.kind = EXTRANET__ACTOR_KIND__SYSTEM;
+    Extranet__Membership__CheckRequest req = EXTRANET__MEMBERSHIP__CHECK_REQUEST__INIT;
+    req.user_id = a->user_id;
+    req.group_id = (char *)gid;
+    /* The nested call gets the caller's remaining time minus a margin to answer in. */
+    int64_t left = svc_call_remaining_ms(call) - 200;
+    if (left < 100)
+        left = 100;
+    ProtobufCMessage *rep = NULL;
+    char err[160] = "";
+    int rc =
+        rpc_call(t->rpc, "membership.Check", &sys, call->req->request_id, util_now_ms() + left,
+                 &req.base, &extranet__membership__check_reply__descriptor, &rep, err, sizeof err);
+    if (rc == ERR_STATUS(EXTRANET__STATUS__NOT_FOUND)) {
+        svc_fail(call, EXTRANET__STATUS__NOT_FOUND, NOT_FOUND_MSG);
+        return false;
+    }
+    if (rc != 0) {
+        log_warn("membership.Check failed (%d: %s)", rc, err);
+        svc_fail(call, EXTRANET__STATUS__UNAVAILABLE, "membership unavailable, try again");
+        return false;
+    }
+    bool owner = strcmp(((Extranet__Membership__CheckReply *)rep)->role, "owner") == 0;
+    protobuf_c_message_free_unpacked(rep, NULL);
+    if (!owner)
+        svc_fail(call, EXTRANET__STATUS__NOT_FOUND, NOT_FOUND_MSG);
+    return owner;
+}
+
+static void s_query_group(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Audit__GroupQueryRequest *rq = (const void *)call->msg;
+    if (!s_group_reader_or_reply(t, call, rq->gid))
+        return;
+    /* group_id is the path's, lower-cased as the producers write it (a uuid, checked above) */
+    char *gid = arena_strdup(call->arena, rq->gid);
+    if (!gid) {
+        svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
+        return;
+    }
+    for (char *c = gid; *c; c++)
+        if (*c >= 'A' && *c <= 'F')
+            *c = (char)(*c - 'A' + 'a');
+    const char *fields[8] = {rq->actor_id,  rq->action, gid,       rq->target_type,
+                             rq->target_id, rq->since,  rq->until, rq->request_id};
     audit_filter_t f;
     int64_t after;
     int limit;
@@ -468,6 +552,7 @@ static void s_verify(svc_thread_t *t, svc_call_t *call) {
 const svc_method_t audit_methods[] = {
     {"audit.Append", s_append, &extranet__audit__append_request__descriptor},
     {"audit.Query", s_query, &extranet__audit__query_request__descriptor},
+    {"audit.QueryGroup", s_query_group, &extranet__audit__group_query_request__descriptor},
     {"audit.Export", s_export, &extranet__audit__export_request__descriptor},
     {"audit.Verify", s_verify, &extranet__empty__descriptor},
     {NULL, NULL, NULL},
