@@ -4,6 +4,7 @@
 
 #include "extranet/util.h"
 #include "identity.pb-c.h"
+#include "membership.pb-c.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -18,6 +19,10 @@ static const expiry_kind_t s_kinds[] = {
      "identity.Deactivate",
      &extranet__identity__user_id_request__descriptor,
      {"id", NULL}},
+    {"invitation.expire",
+     "membership.ExpireInvitation",
+     &extranet__membership__invitation_id_request__descriptor,
+     {"gid", "id", NULL}},
     {NULL, NULL, NULL, {NULL}},
 };
 

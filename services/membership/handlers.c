@@ -45,6 +45,7 @@ const svc_method_t membership_methods[] = {
     M("LookupInvitation", invitations_lookup, extranet__membership__token_request),
     M("AcceptInvitation", invitations_accept, extranet__membership__accept_request),
     M("JoinInvitation", invitations_join, extranet__membership__token_request),
+    M("ExpireInvitation", invitations_expire, extranet__membership__invitation_id_request),
     M("ListContacts", people_contacts, extranet__empty),
     M("GetPerson", people_get, extranet__membership__user_id_request),
     {NULL, NULL, NULL},

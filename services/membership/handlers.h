@@ -37,6 +37,7 @@ void invitations_revoke(svc_thread_t *t, svc_call_t *call);
 void invitations_lookup(svc_thread_t *t, svc_call_t *call);
 void invitations_accept(svc_thread_t *t, svc_call_t *call);
 void invitations_join(svc_thread_t *t, svc_call_t *call);
+void invitations_expire(svc_thread_t *t, svc_call_t *call);
 /* people.c */
 void people_contacts(svc_thread_t *t, svc_call_t *call);
 void people_get(svc_thread_t *t, svc_call_t *call);

@@ -2,6 +2,7 @@
  * anonymous lookup, redeem anonymously (new extranet account) or signed in as the invited
  * email. A token is 32 random bytes (base64url); only its SHA-256 is stored. Redeeming claims
  * the row with one conditional UPDATE, so of twenty racing requests one wins. */
+#include "expiry.pb-c.h"
 #include "extranet/log.h"
 #include "extranet/util.h"
 #include "handlers.h"
@@ -98,6 +99,36 @@ static void s_add_employee(svc_thread_t *t, svc_call_t *call, const char *gid,
     svc_reply_ok(call, &inv.base);
 }
 
+/* Registers expiry's "invitation.expire" timer (subject "<gid>:<id>", due at expires_at) after
+ * the invitation committed. Clean-up only (every read compares expires_at), so a failure is
+ * logged and the invitation stands; at most 2 s of the caller's time. */
+static void s_schedule_expiry(svc_thread_t *t, svc_call_t *call,
+                              const Extranet__Membership__Invitation *inv) {
+    char *subject = arena_printf(call->arena, "%s:%s", inv->group_id, inv->id);
+    if (!subject) {
+        log_warn("invitation %s: no expiry timer (out of memory)", inv->id);
+        return;
+    }
+    Extranet__Expiry__Timer timer = EXTRANET__EXPIRY__TIMER__INIT;
+    timer.kind = "invitation.expire";
+    timer.subject = subject;
+    timer.due_at = inv->expires_at;
+    Extranet__Expiry__ScheduleRequest req = EXTRANET__EXPIRY__SCHEDULE_REQUEST__INIT;
+    req.timer = &timer;
+    Extranet__Actor sys = EXTRANET__ACTOR__INIT;
+    sys.kind = EXTRANET__ACTOR_KIND__SYSTEM;
+    int64_t left = svc_call_remaining_ms(call) - 200;
+    if (left > 2000)
+        left = 2000;
+    if (left < 100)
+        left = 100;
+    char err[160] = "";
+    int rc = rpc_call(t->rpc, "expiry.Schedule", &sys, call->req->request_id, util_now_ms() + left,
+                      &req.base, NULL, NULL, err, sizeof err);
+    if (rc != 0)
+        log_warn("invitation %s: expiry timer not scheduled (%d: %s)", inv->id, rc, err);
+}
+
 void invitations_create(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__InviteRequest *req = (const void *)call->msg;
     ukind_t k;
@@ -177,6 +208,7 @@ void invitations_create(svc_thread_t *t, svc_call_t *call) {
         s_unavailable(call, "mail");
         return;
     }
+    s_schedule_expiry(t, call, inv);
     log_info("invitation %s to group %s created by %s", inv->id, req->gid,
              call->req->actor->user_id);
     svc_reply_ok(call, &inv->base);
@@ -366,4 +398,46 @@ void invitations_join(svc_thread_t *t, svc_call_t *call) {
         s_reply_accepted(call, &c);
     else if (store_invitation_unclaim(t->pg, c.id) != 0)
         log_warn("invitation %s stays claimed until its claim lapses", c.id);
+}
+
+/* expiry's "invitation.expire" timer (SYSTEM only): marks the invitation expired once past
+ * expires_at. Idempotent: one already accepted, revoked or expired answers OK and changes
+ * nothing; not yet expired (or a redeemer's claim running): UNAVAILABLE, so the timer retries;
+ * one that does not exist (in that group): NOT_FOUND. */
+void invitations_expire(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Membership__InvitationIdRequest *req = (const void *)call->msg;
+    const Extranet__Actor *a = call->req->actor;
+    if (!a || a->kind != EXTRANET__ACTOR_KIND__SYSTEM) {
+        svc_fail(call,
+                 a && a->user_id && a->user_id[0] ? EXTRANET__STATUS__FORBIDDEN
+                                                  : EXTRANET__STATUS__UNAUTHENTICATED,
+                 "not allowed");
+        return;
+    }
+    if (!util_uuid_valid(req->gid) || !util_uuid_valid(req->id)) {
+        svc_fail(call, EXTRANET__STATUS__NOT_FOUND, RULES_NOT_FOUND);
+        return;
+    }
+    char *gid = NULL;
+    int rc = store_invitation_group(t->pg, call->arena, req->id, &gid);
+    if (rc == 0 && strcasecmp(gid, req->gid) != 0)
+        rc = -ENOENT;
+    if (rc != 0) {
+        call_store_fail(call, rc, NULL);
+        return;
+    }
+    if ((rc = pg_begin(t->pg)) != 0 || (rc = store_invitation_expire(t->pg, gid, req->id)) != 0 ||
+        (rc = call_audit(t, call, "invitation.expired", "invitation", req->id, gid, NULL)) != 0 ||
+        (rc = pg_commit(t->pg)) != 0)
+        pg_rollback(t->pg);
+    if (rc == -ENOENT) { /* nothing left to change: already accepted, revoked or expired */
+        svc_reply_ok(call, NULL);
+        return;
+    }
+    if (rc != 0) {
+        call_store_fail(call, rc, NULL);
+        return;
+    }
+    log_info("invitation %s expired", req->id);
+    svc_reply_ok(call, NULL);
 }

@@ -113,6 +113,16 @@ const pg_stmt_t membership_statements[] = {
      "UPDATE invitations SET state = 'revoked', updated_at = now() "
      "WHERE id = $1::uuid AND state IN ('pending', 'accepting') RETURNING id",
      1},
+    {"invitation_expire",
+     "UPDATE invitations SET state = 'expired', claimed_until = NULL, updated_at = now() "
+     "WHERE id = $1::uuid AND group_id = $2::uuid AND state IN ('pending', 'accepting') "
+     "AND expires_at <= now() AND (state = 'pending' OR claimed_until <= now()) RETURNING id",
+     2},
+    {"invitation_expire_early",
+     "SELECT 1 FROM invitations WHERE id = $1::uuid AND group_id = $2::uuid AND "
+     "((state IN ('pending', 'accepting') AND expires_at > now()) OR "
+     " (state = 'accepting' AND claimed_until > now()))",
+     2},
     {"invitation_lookup",
      "SELECT i.email, g.name AS group_name, rfc3339(i.expires_at) AS expires_at "
      "FROM invitations i JOIN groups g ON g.id = i.group_id "
@@ -486,6 +496,15 @@ int store_invitation_group(pg_t *pg, arena_t *a, const char *id, char **ret_gid)
 int store_invitation_revoke(pg_t *pg, const char *id) {
     const char *p[] = {id};
     return s_exec(pg, "invitation_revoke", p, true, NULL);
+}
+
+int store_invitation_expire(pg_t *pg, const char *gid, const char *id) {
+    const char *p[] = {id, gid};
+    int rc = s_exec(pg, "invitation_expire", p, true, NULL);
+    if (rc != -ENOENT)
+        return rc;
+    rc = s_exec(pg, "invitation_expire_early", p, true, NULL);
+    return rc == 0 ? -EAGAIN : rc;
 }
 
 int store_invitation_lookup(pg_t *pg, arena_t *a, const char *token_hash,

@@ -75,6 +75,10 @@ int store_invitations_list(pg_t *pg, arena_t *a, const char *gid,
 int store_invitation_group(pg_t *pg, arena_t *a, const char *id, char **ret_gid) WUR;
 /* pending/accepting -> revoked; -ENOENT when it was not pending. */
 int store_invitation_revoke(pg_t *pg, const char *id) WUR;
+/* Marks invitation id of group gid 'expired' when it is past expires_at and still pending (or
+ * its accepting claim lapsed). -EAGAIN when it is not expired yet or a redeemer's claim still
+ * runs (the timer retries); -ENOENT when nothing is left to change (accepted, revoked, expired). */
+int store_invitation_expire(pg_t *pg, const char *gid, const char *id) WUR;
 /* A live (pending, unexpired, group not archived) invitation by token hash. */
 int store_invitation_lookup(pg_t *pg, arena_t *a, const char *token_hash,
                             Extranet__Membership__InvitationInfo **ret) WUR;

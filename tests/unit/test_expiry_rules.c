@@ -27,6 +27,23 @@ static void test_kind_user_expire_calls_identity_deactivate(void **state) {
     assert_ptr_equal(k->request, &extranet__identity__user_id_request__descriptor);
 }
 
+static void test_kind_invitation_expire_calls_membership(void **state) {
+    (void)state;
+    const expiry_kind_t *k = expiry_kind_find("invitation.expire");
+    assert_non_null(k);
+    assert_string_equal(k->method, "membership.ExpireInvitation");
+    assert_ptr_equal(k->request, &extranet__membership__invitation_id_request__descriptor);
+    /* subject "<gid>:<id>": two uuids into InvitationIdRequest{gid, id} */
+    assert_true(expiry_subject_valid(k, U1 ":" U2));
+    assert_false(expiry_subject_valid(k, U1));
+    ProtobufCMessage *m = NULL;
+    assert_int_equal(expiry_kind_build_request(k, U1 ":" U2, &m), 0);
+    const Extranet__Membership__InvitationIdRequest *r = (const void *)m;
+    assert_string_equal(r->gid, U1);
+    assert_string_equal(r->id, U2);
+    free(m);
+}
+
 static void test_kind_unknown(void **state) {
     (void)state;
     assert_null(expiry_kind_find(NULL));
@@ -40,7 +57,7 @@ static void test_kinds_array_literal(void **state) {
     (void)state;
     char buf[256];
     assert_int_equal(expiry_kinds_array(buf, sizeof buf), 0);
-    assert_string_equal(buf, "{\"user.expire\"}");
+    assert_string_equal(buf, "{\"user.expire\",\"invitation.expire\"}");
     char small[8];
     assert_int_equal(expiry_kinds_array(small, sizeof small), -ENOSPC);
     assert_int_equal(expiry_kinds_array(small, 2), -ENOSPC);
@@ -275,6 +292,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kind_table_is_consistent),
         cmocka_unit_test(test_kind_user_expire_calls_identity_deactivate),
+        cmocka_unit_test(test_kind_invitation_expire_calls_membership),
         cmocka_unit_test(test_kind_unknown),
         cmocka_unit_test(test_kinds_array_literal),
         cmocka_unit_test(test_subject_valid),
