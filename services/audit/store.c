@@ -133,32 +133,25 @@ int audit_store_insert(pg_t *pg, const chain_record_t *r, const uint8_t prev[CHA
     return pg_exec(pg, "insert", p, NULL);
 }
 
-static char *s_col(arena_t *a, PGresult *res, int row, const char *name) {
-    int c = PQfnumber(res, name);
-    if (c < 0 || PQgetisnull(res, row, c))
-        return arena_strdup(a, "");
-    return arena_strdup(a, PQgetvalue(res, row, c));
-}
-
 static int s_record_fill(arena_t *a, PGresult *res, int i, Extranet__Audit__Record *r) {
     extranet__audit__record__init(r);
     r->seq = strtoll(PQgetvalue(res, i, PQfnumber(res, "seq")), NULL, 10);
-    r->event_id = s_col(a, res, i, "event_id");
-    r->time = s_col(a, res, i, "time");
-    r->actor_id = s_col(a, res, i, "actor_id");
-    r->actor_kind = s_col(a, res, i, "actor_kind");
-    r->actor_ip = s_col(a, res, i, "actor_ip");
-    r->actor_session = s_col(a, res, i, "actor_session");
-    r->action = s_col(a, res, i, "action");
-    r->target_type = s_col(a, res, i, "target_type");
-    r->target_id = s_col(a, res, i, "target_id");
-    r->group_id = s_col(a, res, i, "group_id");
-    r->outcome = s_col(a, res, i, "outcome");
-    r->request_id = s_col(a, res, i, "request_id");
-    r->details = s_col(a, res, i, "details");
-    r->service = s_col(a, res, i, "service");
-    r->prev_hash = s_col(a, res, i, "prev_hash");
-    r->hash = s_col(a, res, i, "hash");
+    r->event_id = pg_col_str(a, res, i, "event_id");
+    r->time = pg_col_str(a, res, i, "time");
+    r->actor_id = pg_col_str(a, res, i, "actor_id");
+    r->actor_kind = pg_col_str(a, res, i, "actor_kind");
+    r->actor_ip = pg_col_str(a, res, i, "actor_ip");
+    r->actor_session = pg_col_str(a, res, i, "actor_session");
+    r->action = pg_col_str(a, res, i, "action");
+    r->target_type = pg_col_str(a, res, i, "target_type");
+    r->target_id = pg_col_str(a, res, i, "target_id");
+    r->group_id = pg_col_str(a, res, i, "group_id");
+    r->outcome = pg_col_str(a, res, i, "outcome");
+    r->request_id = pg_col_str(a, res, i, "request_id");
+    r->details = pg_col_str(a, res, i, "details");
+    r->service = pg_col_str(a, res, i, "service");
+    r->prev_hash = pg_col_str(a, res, i, "prev_hash");
+    r->hash = pg_col_str(a, res, i, "hash");
     if (!r->event_id || !r->time || !r->actor_id || !r->actor_kind || !r->actor_ip ||
         !r->actor_session || !r->action || !r->target_type || !r->target_id || !r->group_id ||
         !r->outcome || !r->request_id || !r->details || !r->service || !r->prev_hash || !r->hash)

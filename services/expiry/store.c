@@ -81,14 +81,6 @@ int expiry_store_cancel(pg_t *pg, const char *kind, const char *subject) {
     return pg_exec(pg, "expiry_cancel", p, NULL);
 }
 
-/* A column's value copied into the arena; "" for NULL. NULL when the arena is exhausted. */
-static char *s_col(arena_t *arena, PGresult *res, int row, const char *name) {
-    int c = PQfnumber(res, name);
-    if (c < 0 || PQgetisnull(res, row, c))
-        return arena_strdup(arena, "");
-    return arena_strdup(arena, PQgetvalue(res, row, c));
-}
-
 static int s_col_int(PGresult *res, int row, const char *name) {
     int c = PQfnumber(res, name);
     if (c < 0 || PQgetisnull(res, row, c))
@@ -99,17 +91,17 @@ static int s_col_int(PGresult *res, int row, const char *name) {
 
 static int s_timer_fill(arena_t *arena, PGresult *res, int row, Extranet__Expiry__TimerInfo *ti) {
     extranet__expiry__timer_info__init(ti);
-    ti->id = s_col(arena, res, row, "id");
-    ti->kind = s_col(arena, res, row, "kind");
-    ti->subject = s_col(arena, res, row, "subject");
-    ti->due_at = s_col(arena, res, row, "due_at");
-    ti->state = s_col(arena, res, row, "state");
+    ti->id = pg_col_str(arena, res, row, "id");
+    ti->kind = pg_col_str(arena, res, row, "kind");
+    ti->subject = pg_col_str(arena, res, row, "subject");
+    ti->due_at = pg_col_str(arena, res, row, "due_at");
+    ti->state = pg_col_str(arena, res, row, "state");
     ti->attempts = s_col_int(res, row, "attempts");
-    ti->next_attempt_at = s_col(arena, res, row, "next_attempt_at");
-    ti->last_error = s_col(arena, res, row, "last_error");
-    ti->created_at = s_col(arena, res, row, "created_at");
-    ti->updated_at = s_col(arena, res, row, "updated_at");
-    ti->fired_at = s_col(arena, res, row, "fired_at");
+    ti->next_attempt_at = pg_col_str(arena, res, row, "next_attempt_at");
+    ti->last_error = pg_col_str(arena, res, row, "last_error");
+    ti->created_at = pg_col_str(arena, res, row, "created_at");
+    ti->updated_at = pg_col_str(arena, res, row, "updated_at");
+    ti->fired_at = pg_col_str(arena, res, row, "fired_at");
     if (!ti->id || !ti->kind || !ti->subject || !ti->due_at || !ti->state || !ti->next_attempt_at ||
         !ti->last_error || !ti->created_at || !ti->updated_at || !ti->fired_at)
         return -ENOMEM;

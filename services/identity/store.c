@@ -241,26 +241,6 @@ const pg_stmt_t identity_statements[] = {
 
 /* --- helpers ------------------------------------------------------------------------------ */
 
-/* Column col of row as a new arena string ("" for NULL); NULL on OOM or unknown column. */
-static char *s_col(arena_t *a, const PGresult *res, int row, const char *col) {
-    int c = PQfnumber(res, col);
-    if (c < 0)
-        return NULL;
-    return arena_strdup(a, PQgetisnull(res, row, c) ? "" : PQgetvalue(res, row, c));
-}
-
-static bool s_bool(const PGresult *res, int row, const char *col) {
-    int c = PQfnumber(res, col);
-    return c >= 0 && !PQgetisnull(res, row, c) && PQgetvalue(res, row, c)[0] == 't';
-}
-
-static int64_t s_i64(const PGresult *res, int row, const char *col) {
-    int c = PQfnumber(res, col);
-    if (c < 0 || PQgetisnull(res, row, c))
-        return 0;
-    return strtoll(PQgetvalue(res, row, c), NULL, 10);
-}
-
 /* Runs a statement and reports "no row" as -ENOENT when need_row. *ret_res only on 0. */
 static int s_exec(pg_t *pg, const char *name, const char *const *params, bool need_row,
                   PGresult **ret_res) {
@@ -285,22 +265,22 @@ static Extranet__Identity__User *s_user_row(arena_t *a, const PGresult *res, int
     if (!u)
         return NULL;
     extranet__identity__user__init(u);
-    u->id = s_col(a, res, row, "id");
-    u->email = s_col(a, res, row, "email");
-    u->display_name = s_col(a, res, row, "display_name");
-    u->kind = s_col(a, res, row, "kind");
-    u->status = s_col(a, res, row, "status");
-    u->expires_at = s_col(a, res, row, "expires_at");
-    u->mfa_enabled = s_bool(res, row, "mfa_enabled");
-    u->created_at = s_col(a, res, row, "created_at");
-    u->updated_at = s_col(a, res, row, "updated_at");
+    u->id = pg_col_str(a, res, row, "id");
+    u->email = pg_col_str(a, res, row, "email");
+    u->display_name = pg_col_str(a, res, row, "display_name");
+    u->kind = pg_col_str(a, res, row, "kind");
+    u->status = pg_col_str(a, res, row, "status");
+    u->expires_at = pg_col_str(a, res, row, "expires_at");
+    u->mfa_enabled = pg_col_bool(res, row, "mfa_enabled");
+    u->created_at = pg_col_str(a, res, row, "created_at");
+    u->updated_at = pg_col_str(a, res, row, "updated_at");
     if (!u->id || !u->email || !u->display_name || !u->kind || !u->status || !u->expires_at ||
         !u->created_at || !u->updated_at)
         return NULL;
     if (ret) {
         ret->user = u;
-        ret->password_hash = s_col(a, res, row, "password_hash");
-        ret->usable = s_bool(res, row, "usable");
+        ret->password_hash = pg_col_str(a, res, row, "password_hash");
+        ret->usable = pg_col_bool(res, row, "usable");
         if (!ret->password_hash)
             return NULL;
     }
@@ -361,7 +341,7 @@ int store_user_insert(pg_t *pg, arena_t *a, const char *email, const char *displ
     int rc = s_exec(pg, "user_insert", params, true, &res);
     if (rc != 0)
         return rc;
-    char *id = s_col(a, res, 0, "id");
+    char *id = pg_col_str(a, res, 0, "id");
     PQclear(res);
     if (!id)
         return -ENOMEM;
@@ -461,12 +441,12 @@ int store_session_auth(pg_t *pg, arena_t *a, const char *token_hash, store_auth_
     int rc = s_exec(pg, "session_auth", params, true, &res);
     if (rc != 0)
         return rc;
-    ret->session_id = s_col(a, res, 0, "session_id");
-    ret->user_id = s_col(a, res, 0, "user_id");
-    ret->kind = s_col(a, res, 0, "kind");
-    ret->mfa_pending = s_bool(res, 0, "mfa_pending");
-    ret->valid_until_ms = s_i64(res, 0, "valid_until_ms");
-    ret->stale = s_bool(res, 0, "stale");
+    ret->session_id = pg_col_str(a, res, 0, "session_id");
+    ret->user_id = pg_col_str(a, res, 0, "user_id");
+    ret->kind = pg_col_str(a, res, 0, "kind");
+    ret->mfa_pending = pg_col_bool(res, 0, "mfa_pending");
+    ret->valid_until_ms = pg_col_i64(res, 0, "valid_until_ms");
+    ret->stale = pg_col_bool(res, 0, "stale");
     PQclear(res);
     return ret->session_id && ret->user_id && ret->kind ? 0 : -ENOMEM;
 }
@@ -480,7 +460,7 @@ int store_session_touch(pg_t *pg, const char *session_id, long idle_s,
     int rc = s_exec(pg, "session_touch", params, true, &res);
     if (rc != 0)
         return rc;
-    *ret_valid_until_ms = s_i64(res, 0, "valid_until_ms");
+    *ret_valid_until_ms = pg_col_i64(res, 0, "valid_until_ms");
     PQclear(res);
     return 0;
 }
@@ -503,12 +483,12 @@ int store_sessions_list(pg_t *pg, arena_t *a, const char *user_id, const char *c
             break;
         }
         extranet__identity__session__init(s);
-        s->id = s_col(a, res, (int)i, "id");
-        s->created_at = s_col(a, res, (int)i, "created_at");
-        s->last_seen_at = s_col(a, res, (int)i, "last_seen_at");
-        s->expires_at = s_col(a, res, (int)i, "expires_at");
-        s->client_ip = s_col(a, res, (int)i, "client_ip");
-        s->mfa_pending = s_bool(res, (int)i, "mfa_pending");
+        s->id = pg_col_str(a, res, (int)i, "id");
+        s->created_at = pg_col_str(a, res, (int)i, "created_at");
+        s->last_seen_at = pg_col_str(a, res, (int)i, "last_seen_at");
+        s->expires_at = pg_col_str(a, res, (int)i, "expires_at");
+        s->client_ip = pg_col_str(a, res, (int)i, "client_ip");
+        s->mfa_pending = pg_col_bool(res, (int)i, "mfa_pending");
         if (!s->id || !s->created_at || !s->last_seen_at || !s->expires_at || !s->client_ip)
             rc = -ENOMEM;
         else
@@ -531,8 +511,8 @@ static int s_hashes(arena_t *a, PGresult *res, store_hashes_t *ret) {
     if (!ret->ids || !ret->hashes)
         return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
-        ret->ids[i] = s_col(a, res, (int)i, "id");
-        ret->hashes[i] = s_col(a, res, (int)i, "token_hash");
+        ret->ids[i] = pg_col_str(a, res, (int)i, "id");
+        ret->hashes[i] = pg_col_str(a, res, (int)i, "token_hash");
         if (!ret->ids[i] || !ret->hashes[i])
             return -ENOMEM;
     }
@@ -605,8 +585,8 @@ int store_mfa_token_try(pg_t *pg, arena_t *a, const char *token_hash, char **ret
     int rc = s_exec(pg, "mfa_token_try", params, true, &res);
     if (rc != 0)
         return rc;
-    *ret_user_id = s_col(a, res, 0, "user_id");
-    *ret_tries = (int)s_i64(res, 0, "tries");
+    *ret_user_id = pg_col_str(a, res, 0, "user_id");
+    *ret_tries = (int)pg_col_i64(res, 0, "tries");
     PQclear(res);
     return *ret_user_id ? 0 : -ENOMEM;
 }
@@ -622,9 +602,9 @@ int store_mfa_get(pg_t *pg, arena_t *a, const char *user_id, store_mfa_t *ret) {
     int rc = s_exec(pg, "mfa_get", params, true, &res);
     if (rc != 0)
         return rc;
-    ret->secret_enc = s_col(a, res, 0, "secret_enc");
-    ret->confirmed = s_bool(res, 0, "confirmed");
-    ret->last_step = s_i64(res, 0, "last_step");
+    ret->secret_enc = pg_col_str(a, res, 0, "secret_enc");
+    ret->confirmed = pg_col_bool(res, 0, "confirmed");
+    ret->last_step = pg_col_i64(res, 0, "last_step");
     PQclear(res);
     return ret->secret_enc ? 0 : -ENOMEM;
 }
@@ -675,9 +655,9 @@ int store_recovery_unused(pg_t *pg, arena_t *a, const char *user_id, store_recov
     store_recovery_t *v = arena_alloc(a, (n ? n : 1) * sizeof *v);
     rc = v ? 0 : -ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        v[i].id = s_col(a, res, (int)i, "id");
-        v[i].salt = s_col(a, res, (int)i, "salt");
-        v[i].hash = s_col(a, res, (int)i, "hash");
+        v[i].id = pg_col_str(a, res, (int)i, "id");
+        v[i].salt = pg_col_str(a, res, (int)i, "salt");
+        v[i].hash = pg_col_str(a, res, (int)i, "hash");
         if (!v[i].id || !v[i].salt || !v[i].hash)
             rc = -ENOMEM;
     }
@@ -704,7 +684,7 @@ int store_login_wait(pg_t *pg, const char *account, int *ret_wait_s) {
     if (rc != 0)
         return rc;
     if (PQntuples(res) == 1)
-        *ret_wait_s = (int)s_i64(res, 0, "wait");
+        *ret_wait_s = (int)pg_col_i64(res, 0, "wait");
     PQclear(res);
     return 0;
 }
@@ -726,8 +706,8 @@ int store_policy_get(pg_t *pg, Extranet__Identity__Policy *ret) {
     int rc = s_exec(pg, "policy_get", NULL, true, &res);
     if (rc != 0)
         return rc;
-    ret->extranet_mfa_required = s_bool(res, 0, "extranet_mfa_required");
-    ret->extranet_public_links_allowed = s_bool(res, 0, "extranet_public_links_allowed");
+    ret->extranet_mfa_required = pg_col_bool(res, 0, "extranet_mfa_required");
+    ret->extranet_public_links_allowed = pg_col_bool(res, 0, "extranet_public_links_allowed");
     PQclear(res);
     return 0;
 }
@@ -757,11 +737,11 @@ int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t
     store_mail_t *v = arena_alloc(a, (n ? n : 1) * sizeof *v);
     rc = v ? 0 : -ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        v[i].id = s_col(a, res, (int)i, "id");
-        v[i].rcpt = s_col(a, res, (int)i, "rcpt");
-        v[i].subject = s_col(a, res, (int)i, "subject");
-        v[i].body = s_col(a, res, (int)i, "body");
-        v[i].attempts = (int)s_i64(res, (int)i, "attempts");
+        v[i].id = pg_col_str(a, res, (int)i, "id");
+        v[i].rcpt = pg_col_str(a, res, (int)i, "rcpt");
+        v[i].subject = pg_col_str(a, res, (int)i, "subject");
+        v[i].body = pg_col_str(a, res, (int)i, "body");
+        v[i].attempts = (int)pg_col_i64(res, (int)i, "attempts");
         if (!v[i].id || !v[i].rcpt || !v[i].subject || !v[i].body)
             rc = -ENOMEM;
     }
@@ -782,11 +762,11 @@ int store_mail_delete(pg_t *pg, const char *id) {
 
 /* Row i of a timer_outbox result into *ret (strings in the arena). */
 static int s_timer_row(arena_t *a, const PGresult *res, int i, store_timer_t *ret) {
-    ret->user_id = s_col(a, res, i, "user_id");
-    ret->op = s_col(a, res, i, "op");
-    ret->due_at = s_col(a, res, i, "due_at");
-    ret->gen = s_col(a, res, i, "gen");
-    ret->attempts = (int)s_i64(res, i, "attempts");
+    ret->user_id = pg_col_str(a, res, i, "user_id");
+    ret->op = pg_col_str(a, res, i, "op");
+    ret->due_at = pg_col_str(a, res, i, "due_at");
+    ret->gen = pg_col_str(a, res, i, "gen");
+    ret->attempts = (int)pg_col_i64(res, i, "attempts");
     return ret->user_id && ret->op && ret->due_at && ret->gen ? 0 : -ENOMEM;
 }
 

@@ -152,19 +152,6 @@ const pg_stmt_t membership_statements[] = {
 
 /* --- helpers ------------------------------------------------------------------------------ */
 
-/* Column col of row as a new arena string ("" for NULL); NULL on OOM or unknown column. */
-static char *s_col(arena_t *a, const PGresult *res, int row, const char *col) {
-    int c = PQfnumber(res, col);
-    if (c < 0)
-        return NULL;
-    return arena_strdup(a, PQgetisnull(res, row, c) ? "" : PQgetvalue(res, row, c));
-}
-
-static bool s_bool(const PGresult *res, int row, const char *col) {
-    int c = PQfnumber(res, col);
-    return c >= 0 && !PQgetisnull(res, row, c) && PQgetvalue(res, row, c)[0] == 't';
-}
-
 /* Runs a statement and reports "no row" as -ENOENT when need_row. *ret_res only on 0. */
 static int s_exec(pg_t *pg, const char *name, const char *const *params, bool need_row,
                   PGresult **ret_res) {
@@ -188,17 +175,17 @@ static Extranet__Membership__Group *s_group_row(arena_t *a, const PGresult *res,
     if (!g)
         return NULL;
     extranet__membership__group__init(g);
-    g->id = s_col(a, res, row, "id");
-    g->name = s_col(a, res, row, "name");
-    g->description = s_col(a, res, row, "description");
-    g->kind = s_col(a, res, row, "kind");
-    g->owner_id = s_col(a, res, row, "owner_id");
-    g->task_visibility = s_col(a, res, row, "task_visibility");
-    g->external_file_access = s_col(a, res, row, "external_file_access");
-    g->archived = s_bool(res, row, "archived");
-    g->created_at = s_col(a, res, row, "created_at");
-    g->updated_at = s_col(a, res, row, "updated_at");
-    g->my_role = s_col(a, res, row, "my_role");
+    g->id = pg_col_str(a, res, row, "id");
+    g->name = pg_col_str(a, res, row, "name");
+    g->description = pg_col_str(a, res, row, "description");
+    g->kind = pg_col_str(a, res, row, "kind");
+    g->owner_id = pg_col_str(a, res, row, "owner_id");
+    g->task_visibility = pg_col_str(a, res, row, "task_visibility");
+    g->external_file_access = pg_col_str(a, res, row, "external_file_access");
+    g->archived = pg_col_bool(res, row, "archived");
+    g->created_at = pg_col_str(a, res, row, "created_at");
+    g->updated_at = pg_col_str(a, res, row, "updated_at");
+    g->my_role = pg_col_str(a, res, row, "my_role");
     if (!g->id || !g->name || !g->description || !g->kind || !g->owner_id || !g->task_visibility ||
         !g->external_file_access || !g->created_at || !g->updated_at || !g->my_role)
         return NULL;
@@ -211,13 +198,13 @@ static Extranet__Membership__Invitation *s_invitation_row(arena_t *a, const PGre
     if (!i)
         return NULL;
     extranet__membership__invitation__init(i);
-    i->id = s_col(a, res, row, "id");
-    i->group_id = s_col(a, res, row, "group_id");
-    i->email = s_col(a, res, row, "email");
-    i->state = s_col(a, res, row, "state");
-    i->expires_at = s_col(a, res, row, "expires_at");
-    i->invited_by = s_col(a, res, row, "invited_by");
-    i->created_at = s_col(a, res, row, "created_at");
+    i->id = pg_col_str(a, res, row, "id");
+    i->group_id = pg_col_str(a, res, row, "group_id");
+    i->email = pg_col_str(a, res, row, "email");
+    i->state = pg_col_str(a, res, row, "state");
+    i->expires_at = pg_col_str(a, res, row, "expires_at");
+    i->invited_by = pg_col_str(a, res, row, "invited_by");
+    i->created_at = pg_col_str(a, res, row, "created_at");
     if (!i->id || !i->group_id || !i->email || !i->state || !i->expires_at || !i->invited_by ||
         !i->created_at)
         return NULL;
@@ -231,7 +218,7 @@ static int s_column_list(arena_t *a, PGresult *res, const char *col, char ***ret
     if (!ids)
         return -ENOMEM;
     for (size_t i = 0; i < n; i++)
-        if (!(ids[i] = s_col(a, res, (int)i, col)))
+        if (!(ids[i] = pg_col_str(a, res, (int)i, col)))
             return -ENOMEM;
     *ret = ids;
     *ret_n = n;
@@ -248,7 +235,7 @@ int store_group_insert(pg_t *pg, arena_t *a, const Extranet__Membership__CreateG
     int rc = s_exec(pg, "group_insert", p, true, &res);
     if (rc != 0)
         return rc;
-    char *id = s_col(a, res, 0, "id");
+    char *id = pg_col_str(a, res, 0, "id");
     PQclear(res);
     if (!id)
         return -ENOMEM;
@@ -316,7 +303,7 @@ int store_role(pg_t *pg, arena_t *a, const char *gid, const char *user_id, char 
     int rc = s_exec(pg, "role_of", p, true, &res);
     if (rc != 0)
         return rc;
-    *ret_role = s_col(a, res, 0, "role");
+    *ret_role = pg_col_str(a, res, 0, "role");
     PQclear(res);
     return *ret_role ? 0 : -ENOMEM;
 }
@@ -331,8 +318,8 @@ int store_roles_of(pg_t *pg, arena_t *a, const char *user_id, store_grole_t **re
     store_grole_t *r = arena_alloc(a, (n ? n : 1) * sizeof *r);
     rc = r ? 0 : -ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        r[i].group_id = s_col(a, res, (int)i, "group_id");
-        r[i].role = s_col(a, res, (int)i, "role");
+        r[i].group_id = pg_col_str(a, res, (int)i, "group_id");
+        r[i].role = pg_col_str(a, res, (int)i, "role");
         if (!r[i].group_id || !r[i].role)
             rc = -ENOMEM;
     }
@@ -354,9 +341,9 @@ int store_members(pg_t *pg, arena_t *a, const char *gid, store_member_t **ret, s
     store_member_t *m = arena_alloc(a, (n ? n : 1) * sizeof *m);
     rc = m ? 0 : -ENOMEM;
     for (size_t i = 0; rc == 0 && i < n; i++) {
-        m[i].user_id = s_col(a, res, (int)i, "user_id");
-        m[i].role = s_col(a, res, (int)i, "role");
-        m[i].joined_at = s_col(a, res, (int)i, "joined_at");
+        m[i].user_id = pg_col_str(a, res, (int)i, "user_id");
+        m[i].role = pg_col_str(a, res, (int)i, "role");
+        m[i].joined_at = pg_col_str(a, res, (int)i, "joined_at");
         if (!m[i].user_id || !m[i].role || !m[i].joined_at)
             rc = -ENOMEM;
     }
@@ -414,7 +401,7 @@ int store_shares_group(pg_t *pg, const char *a_id, const char *b_id, bool *ret) 
     int rc = s_exec(pg, "shares_group", p, true, &res);
     if (rc != 0)
         return rc;
-    *ret = s_bool(res, 0, "shares");
+    *ret = pg_col_bool(res, 0, "shares");
     PQclear(res);
     return 0;
 }
@@ -488,7 +475,7 @@ int store_invitation_group(pg_t *pg, arena_t *a, const char *id, char **ret_gid)
     int rc = s_exec(pg, "invitation_group", p, true, &res);
     if (rc != 0)
         return rc;
-    *ret_gid = s_col(a, res, 0, "group_id");
+    *ret_gid = pg_col_str(a, res, 0, "group_id");
     PQclear(res);
     return *ret_gid ? 0 : -ENOMEM;
 }
@@ -517,9 +504,9 @@ int store_invitation_lookup(pg_t *pg, arena_t *a, const char *token_hash,
     Extranet__Membership__InvitationInfo *info = arena_alloc(a, sizeof *info);
     if (info) {
         extranet__membership__invitation_info__init(info);
-        info->email = s_col(a, res, 0, "email");
-        info->group_name = s_col(a, res, 0, "group_name");
-        info->expires_at = s_col(a, res, 0, "expires_at");
+        info->email = pg_col_str(a, res, 0, "email");
+        info->group_name = pg_col_str(a, res, 0, "group_name");
+        info->expires_at = pg_col_str(a, res, 0, "expires_at");
     }
     PQclear(res);
     if (!info || !info->email || !info->group_name || !info->expires_at)
@@ -535,9 +522,9 @@ int store_invitation_claim(pg_t *pg, arena_t *a, const char *token_hash, const c
     int rc = s_exec(pg, "invitation_claim", p, true, &res);
     if (rc != 0)
         return rc;
-    ret->id = s_col(a, res, 0, "id");
-    ret->group_id = s_col(a, res, 0, "group_id");
-    ret->email = s_col(a, res, 0, "email");
+    ret->id = pg_col_str(a, res, 0, "id");
+    ret->group_id = pg_col_str(a, res, 0, "group_id");
+    ret->email = pg_col_str(a, res, 0, "email");
     PQclear(res);
     return (ret->id && ret->group_id && ret->email) ? 0 : -ENOMEM;
 }

@@ -84,14 +84,6 @@ int audit_record(pg_t *tx, const Extranet__Actor *actor, const char *action,
     return pg_exec(tx, "audit_outbox_insert", p, NULL);
 }
 
-/* A column of row as a new arena string ("" for NULL); NULL on OOM. */
-static char *s_col(arena_t *a, PGresult *res, int row, const char *name) {
-    int c = PQfnumber(res, name);
-    if (c < 0 || PQgetisnull(res, row, c))
-        return arena_strdup(a, "");
-    return arena_strdup(a, PQgetvalue(res, row, c));
-}
-
 /* Fills the Append request from the locked rows (strings in the arena). */
 static int s_batch_fill(arena_t *a, PGresult *res, Extranet__Audit__AppendRequest *req,
                         char **ret_ids) {
@@ -105,19 +97,19 @@ static int s_batch_fill(arena_t *a, PGresult *res, Extranet__Audit__AppendReques
     for (int i = 0; i < n; i++) {
         Extranet__Audit__Record *r = &recs[i];
         extranet__audit__record__init(r);
-        r->event_id = ids[i] = s_col(a, res, i, "event_id");
-        r->time = s_col(a, res, i, "time");
-        r->actor_id = s_col(a, res, i, "actor_id");
-        r->actor_kind = s_col(a, res, i, "actor_kind");
-        r->actor_ip = s_col(a, res, i, "actor_ip");
-        r->actor_session = s_col(a, res, i, "actor_session");
-        r->action = s_col(a, res, i, "action");
-        r->target_type = s_col(a, res, i, "target_type");
-        r->target_id = s_col(a, res, i, "target_id");
-        r->group_id = s_col(a, res, i, "group_id");
-        r->outcome = s_col(a, res, i, "outcome");
-        r->request_id = s_col(a, res, i, "request_id");
-        r->details = s_col(a, res, i, "details");
+        r->event_id = ids[i] = pg_col_str(a, res, i, "event_id");
+        r->time = pg_col_str(a, res, i, "time");
+        r->actor_id = pg_col_str(a, res, i, "actor_id");
+        r->actor_kind = pg_col_str(a, res, i, "actor_kind");
+        r->actor_ip = pg_col_str(a, res, i, "actor_ip");
+        r->actor_session = pg_col_str(a, res, i, "actor_session");
+        r->action = pg_col_str(a, res, i, "action");
+        r->target_type = pg_col_str(a, res, i, "target_type");
+        r->target_id = pg_col_str(a, res, i, "target_id");
+        r->group_id = pg_col_str(a, res, i, "group_id");
+        r->outcome = pg_col_str(a, res, i, "outcome");
+        r->request_id = pg_col_str(a, res, i, "request_id");
+        r->details = pg_col_str(a, res, i, "details");
         r->service = (char *)log_service();
         if (!r->event_id || !r->time || !r->actor_id || !r->actor_kind || !r->actor_ip ||
             !r->actor_session || !r->action || !r->target_type || !r->target_id || !r->group_id ||

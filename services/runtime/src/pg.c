@@ -505,3 +505,22 @@ out:
     PQfinish(conn);
     return rc;
 }
+
+char *pg_col_str(arena_t *a, const PGresult *res, int row, const char *col) {
+    int c = PQfnumber(res, col);
+    if (c < 0)
+        return NULL;
+    return arena_strdup(a, PQgetisnull(res, row, c) ? "" : PQgetvalue(res, row, c));
+}
+
+bool pg_col_bool(const PGresult *res, int row, const char *col) {
+    int c = PQfnumber(res, col);
+    return c >= 0 && !PQgetisnull(res, row, c) && PQgetvalue(res, row, c)[0] == 't';
+}
+
+int64_t pg_col_i64(const PGresult *res, int row, const char *col) {
+    int c = PQfnumber(res, col);
+    if (c < 0 || PQgetisnull(res, row, c))
+        return 0;
+    return strtoll(PQgetvalue(res, row, c), NULL, 10);
+}

@@ -3,8 +3,11 @@
  * A service's statements live in its store.c as a pg_stmt_t table. */
 #ifndef EXTRANET_PG_H
 #define EXTRANET_PG_H
+#include "extranet/arena.h"
 #include "extranet/common.h"
 #include <libpq-fe.h>
+#include <stdbool.h>
+#include <stdint.h>
 
 typedef struct { const char *name; const char *sql; int nparams; } pg_stmt_t;  /* {NULL} ends */
 typedef struct { int version; const char *name; const char *sql; } pg_migration_t; /* {0} ends */
@@ -30,6 +33,14 @@ int pg_exec(pg_t *self, const char *name, const char *const *params, PGresult **
 int pg_begin(pg_t *self) WUR;
 int pg_commit(pg_t *self) WUR;
 void pg_rollback(pg_t *self);   /* best effort; safe outside a transaction */
+
+/* Reading a result's columns by name (PQfnumber), for every store.c.
+ * pg_col_str: column col of row as a new string in arena a ("" for SQL NULL); NULL on OOM or
+ * when the result has no such column (a programmer error the caller reports as a failure).
+ * pg_col_bool: true only for a non-NULL 't'. pg_col_i64: 0 for NULL or a missing column. */
+char *pg_col_str(arena_t *a, const PGresult *res, int row, const char *col);
+bool pg_col_bool(const PGresult *res, int row, const char *col);
+int64_t pg_col_i64(const PGresult *res, int row, const char *col);
 
 /* Applies the migrations newer than those recorded in <schema>.schema_migrations, in order,
  * each in its own transaction, holding pg_advisory_lock(hashtext(schema)) throughout so several
