@@ -241,24 +241,6 @@ const pg_stmt_t identity_statements[] = {
 
 /* --- helpers ------------------------------------------------------------------------------ */
 
-/* Runs a statement and reports "no row" as -ENOENT when need_row. *ret_res only on 0. */
-static int s_exec(pg_t *pg, const char *name, const char *const *params, bool need_row,
-                  PGresult **ret_res) {
-    PGresult *res = NULL;
-    int rc = pg_exec(pg, name, params, &res);
-    if (rc != 0)
-        return rc;
-    if (need_row && PQntuples(res) == 0) {
-        PQclear(res);
-        return -ENOENT;
-    }
-    if (ret_res)
-        *ret_res = res;
-    else
-        PQclear(res);
-    return 0;
-}
-
 static Extranet__Identity__User *s_user_row(arena_t *a, const PGresult *res, int row,
                                             store_user_t *ret) {
     Extranet__Identity__User *u = arena_alloc(a, sizeof *u);
@@ -290,7 +272,7 @@ static Extranet__Identity__User *s_user_row(arena_t *a, const PGresult *res, int
 static int s_user_one(pg_t *pg, arena_t *a, const char *stmt, const char *arg, store_user_t *ret) {
     PGresult *res = NULL;
     const char *params[] = {arg};
-    int rc = s_exec(pg, stmt, params, true, &res);
+    int rc = pg_exec_row(pg, stmt, params, true, &res);
     if (rc != 0)
         return rc;
     rc = s_user_row(a, res, 0, ret) ? 0 : -ENOMEM;
@@ -301,7 +283,7 @@ static int s_user_one(pg_t *pg, arena_t *a, const char *stmt, const char *arg, s
 static int s_user_many(pg_t *pg, arena_t *a, const char *stmt, const char *const *params,
                        Extranet__Identity__User ***ret_users, size_t *ret_n) {
     PGresult *res = NULL;
-    int rc = s_exec(pg, stmt, params, false, &res);
+    int rc = pg_exec_row(pg, stmt, params, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
@@ -320,7 +302,7 @@ static int s_user_many(pg_t *pg, arena_t *a, const char *stmt, const char *const
 
 /* Changes exactly one row or answers -ENOENT. */
 static int s_exec_one(pg_t *pg, const char *stmt, const char *const *params) {
-    return s_exec(pg, stmt, params, true, NULL);
+    return pg_exec_row(pg, stmt, params, true, NULL);
 }
 
 /* --- users -------------------------------------------------------------------------------- */
@@ -338,7 +320,7 @@ int store_user_insert(pg_t *pg, arena_t *a, const char *email, const char *displ
                       Extranet__Identity__User **ret_user) {
     const char *params[] = {email, display_name, kind, hash, expires_at};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "user_insert", params, true, &res);
+    int rc = pg_exec_row(pg, "user_insert", params, true, &res);
     if (rc != 0)
         return rc;
     char *id = pg_col_str(a, res, 0, "id");
@@ -356,7 +338,7 @@ int store_admin_first(pg_t *pg, const char *email, const char *display_name, con
                       bool *ret_created) {
     const char *params[] = {email, display_name, hash};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "admin_first", params, false, &res);
+    int rc = pg_exec_row(pg, "admin_first", params, false, &res);
     if (rc != 0)
         return rc;
     *ret_created = PQntuples(res) == 1;
@@ -384,7 +366,7 @@ int store_user_update(pg_t *pg, const char *id, const char *display_name, const 
 int store_user_deactivate(pg_t *pg, const char *id, bool only_if_expired, bool *ret_changed) {
     const char *params[] = {id, only_if_expired ? "t" : "f"};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "user_deactivate", params, false, &res);
+    int rc = pg_exec_row(pg, "user_deactivate", params, false, &res);
     if (rc != 0)
         return rc;
     *ret_changed = PQntuples(res) > 0;
@@ -427,7 +409,7 @@ int store_session_insert(pg_t *pg, const char *token_hash, const char *user_id,
     snprintf(max, sizeof max, "%ld", max_s);
     const char *params[] = {token_hash, user_id, client_ip ? client_ip : "", idle, max};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "session_insert", params, true, &res);
+    int rc = pg_exec_row(pg, "session_insert", params, true, &res);
     if (rc != 0)
         return rc;
     snprintf(ret_id, 37, "%s", PQgetvalue(res, 0, PQfnumber(res, "id")));
@@ -438,7 +420,7 @@ int store_session_insert(pg_t *pg, const char *token_hash, const char *user_id,
 int store_session_auth(pg_t *pg, arena_t *a, const char *token_hash, store_auth_t *ret) {
     const char *params[] = {token_hash};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "session_auth", params, true, &res);
+    int rc = pg_exec_row(pg, "session_auth", params, true, &res);
     if (rc != 0)
         return rc;
     ret->session_id = pg_col_str(a, res, 0, "session_id");
@@ -457,7 +439,7 @@ int store_session_touch(pg_t *pg, const char *session_id, long idle_s,
     snprintf(idle, sizeof idle, "%ld", idle_s);
     const char *params[] = {session_id, idle};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "session_touch", params, true, &res);
+    int rc = pg_exec_row(pg, "session_touch", params, true, &res);
     if (rc != 0)
         return rc;
     *ret_valid_until_ms = pg_col_i64(res, 0, "valid_until_ms");
@@ -469,7 +451,7 @@ int store_sessions_list(pg_t *pg, arena_t *a, const char *user_id, const char *c
                         Extranet__Identity__Session ***ret, size_t *ret_n) {
     const char *params[] = {user_id};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "sessions_list", params, false, &res);
+    int rc = pg_exec_row(pg, "sessions_list", params, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
@@ -523,7 +505,7 @@ static int s_hashes(arena_t *a, PGresult *res, store_hashes_t *ret) {
 static int s_exec_hashes(pg_t *pg, arena_t *a, const char *stmt, const char *const *params,
                          store_hashes_t *ret) {
     PGresult *res = NULL;
-    int rc = s_exec(pg, stmt, params, false, &res);
+    int rc = pg_exec_row(pg, stmt, params, false, &res);
     if (rc != 0)
         return rc;
     rc = s_hashes(a, res, ret);
@@ -551,7 +533,7 @@ int store_sessions_invalidate_extranet(pg_t *pg, arena_t *a, store_hashes_t *ret
 
 int store_pending_done(pg_t *pg, const char *hashes_array) {
     const char *params[] = {hashes_array};
-    return s_exec(pg, "pending_done", params, false, NULL);
+    return pg_exec_row(pg, "pending_done", params, false, NULL);
 }
 
 int store_pending_batch(pg_t *pg, arena_t *a, int limit, store_hashes_t *ret) {
@@ -562,11 +544,11 @@ int store_pending_batch(pg_t *pg, arena_t *a, int limit, store_hashes_t *ret) {
 }
 
 int store_cleanup(pg_t *pg) {
-    int rc = s_exec(pg, "sessions_cleanup", NULL, false, NULL);
+    int rc = pg_exec_row(pg, "sessions_cleanup", NULL, false, NULL);
     if (rc == 0)
-        rc = s_exec(pg, "mfa_tokens_cleanup", NULL, false, NULL);
+        rc = pg_exec_row(pg, "mfa_tokens_cleanup", NULL, false, NULL);
     if (rc == 0)
-        rc = s_exec(pg, "login_failures_cleanup", NULL, false, NULL);
+        rc = pg_exec_row(pg, "login_failures_cleanup", NULL, false, NULL);
     return rc;
 }
 
@@ -575,14 +557,14 @@ int store_cleanup(pg_t *pg) {
 int store_mfa_token_insert(pg_t *pg, const char *token_hash, const char *user_id,
                            const char *client_ip) {
     const char *params[] = {token_hash, user_id, client_ip ? client_ip : ""};
-    return s_exec(pg, "mfa_token_insert", params, false, NULL);
+    return pg_exec_row(pg, "mfa_token_insert", params, false, NULL);
 }
 
 int store_mfa_token_try(pg_t *pg, arena_t *a, const char *token_hash, char **ret_user_id,
                         int *ret_tries) {
     const char *params[] = {token_hash};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "mfa_token_try", params, true, &res);
+    int rc = pg_exec_row(pg, "mfa_token_try", params, true, &res);
     if (rc != 0)
         return rc;
     *ret_user_id = pg_col_str(a, res, 0, "user_id");
@@ -599,7 +581,7 @@ int store_mfa_token_take(pg_t *pg, const char *token_hash) {
 int store_mfa_get(pg_t *pg, arena_t *a, const char *user_id, store_mfa_t *ret) {
     const char *params[] = {user_id};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "mfa_get", params, true, &res);
+    int rc = pg_exec_row(pg, "mfa_get", params, true, &res);
     if (rc != 0)
         return rc;
     ret->secret_enc = pg_col_str(a, res, 0, "secret_enc");
@@ -631,24 +613,24 @@ int store_mfa_confirm(pg_t *pg, const char *user_id, const char *secret_enc, int
 
 int store_mfa_delete(pg_t *pg, const char *user_id) {
     const char *params[] = {user_id};
-    return s_exec(pg, "mfa_delete", params, false, NULL);
+    return pg_exec_row(pg, "mfa_delete", params, false, NULL);
 }
 
 int store_recovery_replace(pg_t *pg, const char *user_id, const char *salts_array,
                            const char *hashes_array) {
     const char *p1[] = {user_id};
-    int rc = s_exec(pg, "recovery_delete", p1, false, NULL);
+    int rc = pg_exec_row(pg, "recovery_delete", p1, false, NULL);
     if (rc != 0)
         return rc;
     const char *p3[] = {user_id, salts_array, hashes_array};
-    return s_exec(pg, "recovery_insert", p3, false, NULL);
+    return pg_exec_row(pg, "recovery_insert", p3, false, NULL);
 }
 
 int store_recovery_unused(pg_t *pg, arena_t *a, const char *user_id, store_recovery_t **ret,
                           size_t *ret_n) {
     const char *params[] = {user_id};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "recovery_unused", params, false, &res);
+    int rc = pg_exec_row(pg, "recovery_unused", params, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
@@ -680,7 +662,7 @@ int store_login_wait(pg_t *pg, const char *account, int *ret_wait_s) {
     const char *params[] = {account};
     PGresult *res = NULL;
     *ret_wait_s = 0;
-    int rc = s_exec(pg, "login_wait", params, false, &res);
+    int rc = pg_exec_row(pg, "login_wait", params, false, &res);
     if (rc != 0)
         return rc;
     if (PQntuples(res) == 1)
@@ -691,19 +673,19 @@ int store_login_wait(pg_t *pg, const char *account, int *ret_wait_s) {
 
 int store_login_failed(pg_t *pg, const char *account) {
     const char *params[] = {account};
-    return s_exec(pg, "login_failed", params, false, NULL);
+    return pg_exec_row(pg, "login_failed", params, false, NULL);
 }
 
 int store_login_ok(pg_t *pg, const char *account) {
     const char *params[] = {account};
-    return s_exec(pg, "login_ok", params, false, NULL);
+    return pg_exec_row(pg, "login_ok", params, false, NULL);
 }
 
 /* --- policy ------------------------------------------------------------------------------- */
 
 int store_policy_get(pg_t *pg, Extranet__Identity__Policy *ret) {
     PGresult *res = NULL;
-    int rc = s_exec(pg, "policy_get", NULL, true, &res);
+    int rc = pg_exec_row(pg, "policy_get", NULL, true, &res);
     if (rc != 0)
         return rc;
     ret->extranet_mfa_required = pg_col_bool(res, 0, "extranet_mfa_required");
@@ -715,14 +697,14 @@ int store_policy_get(pg_t *pg, Extranet__Identity__Policy *ret) {
 int store_policy_set(pg_t *pg, const Extranet__Identity__Policy *p) {
     const char *params[] = {p->extranet_mfa_required ? "t" : "f",
                             p->extranet_public_links_allowed ? "t" : "f"};
-    return s_exec(pg, "policy_set", params, false, NULL);
+    return pg_exec_row(pg, "policy_set", params, false, NULL);
 }
 
 /* --- mail --------------------------------------------------------------------------------- */
 
 int store_mail_enqueue(pg_t *pg, const char *rcpt, const char *subject, const char *body) {
     const char *params[] = {rcpt, subject, body};
-    return s_exec(pg, "mail_enqueue", params, false, NULL);
+    return pg_exec_row(pg, "mail_enqueue", params, false, NULL);
 }
 
 int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t *ret_n) {
@@ -730,7 +712,7 @@ int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t
     snprintf(lim, sizeof lim, "%d", limit);
     const char *params[] = {lim};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "mail_claim", params, false, &res);
+    int rc = pg_exec_row(pg, "mail_claim", params, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
@@ -755,7 +737,7 @@ int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t
 
 int store_mail_delete(pg_t *pg, const char *id) {
     const char *params[] = {id};
-    return s_exec(pg, "mail_delete", params, false, NULL);
+    return pg_exec_row(pg, "mail_delete", params, false, NULL);
 }
 
 /* --- expiry timer outbox ------------------------------------------------------------------ */
@@ -775,7 +757,7 @@ int store_timer_enqueue(pg_t *pg, arena_t *a, const char *user_id, int hold_s, s
     snprintf(hold, sizeof hold, "%d", hold_s);
     const char *params[] = {user_id, hold};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "timer_enqueue", params, true, &res);
+    int rc = pg_exec_row(pg, "timer_enqueue", params, true, &res);
     if (rc != 0)
         return rc;
     rc = s_timer_row(a, res, 0, ret);
@@ -788,7 +770,7 @@ int store_timer_claim(pg_t *pg, arena_t *a, int limit, store_timer_t **ret, size
     snprintf(lim, sizeof lim, "%d", limit);
     const char *params[] = {lim};
     PGresult *res = NULL;
-    int rc = s_exec(pg, "timer_claim", params, false, &res);
+    int rc = pg_exec_row(pg, "timer_claim", params, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
@@ -806,5 +788,5 @@ int store_timer_claim(pg_t *pg, arena_t *a, int limit, store_timer_t **ret, size
 
 int store_timer_done(pg_t *pg, const char *user_id, const char *gen) {
     const char *params[] = {user_id, gen};
-    return s_exec(pg, "timer_done", params, false, NULL);
+    return pg_exec_row(pg, "timer_done", params, false, NULL);
 }

@@ -152,24 +152,6 @@ const pg_stmt_t membership_statements[] = {
 
 /* --- helpers ------------------------------------------------------------------------------ */
 
-/* Runs a statement and reports "no row" as -ENOENT when need_row. *ret_res only on 0. */
-static int s_exec(pg_t *pg, const char *name, const char *const *params, bool need_row,
-                  PGresult **ret_res) {
-    PGresult *res = NULL;
-    int rc = pg_exec(pg, name, params, &res);
-    if (rc != 0)
-        return rc;
-    if (need_row && PQntuples(res) == 0) {
-        PQclear(res);
-        return -ENOENT;
-    }
-    if (ret_res)
-        *ret_res = res;
-    else
-        PQclear(res);
-    return 0;
-}
-
 static Extranet__Membership__Group *s_group_row(arena_t *a, const PGresult *res, int row) {
     Extranet__Membership__Group *g = arena_alloc(a, sizeof *g);
     if (!g)
@@ -232,7 +214,7 @@ int store_group_insert(pg_t *pg, arena_t *a, const Extranet__Membership__CreateG
     const char *p[] = {g->name, g->description, g->kind, g->task_visibility,
                        g->external_file_access};
     PGresult *res;
-    int rc = s_exec(pg, "group_insert", p, true, &res);
+    int rc = pg_exec_row(pg, "group_insert", p, true, &res);
     if (rc != 0)
         return rc;
     char *id = pg_col_str(a, res, 0, "id");
@@ -249,7 +231,7 @@ int store_group_get(pg_t *pg, arena_t *a, const char *gid, const char *viewer,
                     Extranet__Membership__Group **ret) {
     const char *p[] = {gid, viewer};
     PGresult *res;
-    int rc = s_exec(pg, "group_get", p, true, &res);
+    int rc = pg_exec_row(pg, "group_get", p, true, &res);
     if (rc != 0)
         return rc;
     *ret = s_group_row(a, res, 0);
@@ -264,7 +246,7 @@ int store_groups_list(pg_t *pg, arena_t *a, const char *viewer, bool all, const 
     snprintf(lim, sizeof lim, "%d", limit + 1);
     const char *p[] = {viewer, after, include_archived ? "true" : "false", lim};
     PGresult *res;
-    int rc = s_exec(pg, all ? "groups_all" : "groups_mine", p, false, &res);
+    int rc = pg_exec_row(pg, all ? "groups_all" : "groups_mine", p, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
@@ -287,12 +269,12 @@ int store_groups_list(pg_t *pg, arena_t *a, const char *viewer, bool all, const 
 int store_group_update(pg_t *pg, const char *gid, const char *name, const char *description,
                        const char *task_visibility, const char *file_access) {
     const char *p[] = {gid, name, description, task_visibility, file_access};
-    return s_exec(pg, "group_update", p, true, NULL);
+    return pg_exec_row(pg, "group_update", p, true, NULL);
 }
 
 int store_group_archive(pg_t *pg, const char *gid) {
     const char *p[] = {gid};
-    return s_exec(pg, "group_archive", p, true, NULL);
+    return pg_exec_row(pg, "group_archive", p, true, NULL);
 }
 
 /* --- members ------------------------------------------------------------------------------ */
@@ -300,7 +282,7 @@ int store_group_archive(pg_t *pg, const char *gid) {
 int store_role(pg_t *pg, arena_t *a, const char *gid, const char *user_id, char **ret_role) {
     const char *p[] = {gid, user_id};
     PGresult *res;
-    int rc = s_exec(pg, "role_of", p, true, &res);
+    int rc = pg_exec_row(pg, "role_of", p, true, &res);
     if (rc != 0)
         return rc;
     *ret_role = pg_col_str(a, res, 0, "role");
@@ -311,7 +293,7 @@ int store_role(pg_t *pg, arena_t *a, const char *gid, const char *user_id, char 
 int store_roles_of(pg_t *pg, arena_t *a, const char *user_id, store_grole_t **ret, size_t *ret_n) {
     const char *p[] = {user_id};
     PGresult *res;
-    int rc = s_exec(pg, "roles_of", p, false, &res);
+    int rc = pg_exec_row(pg, "roles_of", p, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
@@ -334,7 +316,7 @@ int store_roles_of(pg_t *pg, arena_t *a, const char *user_id, store_grole_t **re
 int store_members(pg_t *pg, arena_t *a, const char *gid, store_member_t **ret, size_t *ret_n) {
     const char *p[] = {gid};
     PGresult *res;
-    int rc = s_exec(pg, "members_of", p, false, &res);
+    int rc = pg_exec_row(pg, "members_of", p, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
@@ -358,14 +340,14 @@ int store_members(pg_t *pg, arena_t *a, const char *gid, store_member_t **ret, s
 int store_member_insert(pg_t *pg, const char *gid, const char *user_id, const char *role,
                         const char *kind) {
     const char *p[] = {gid, user_id, role, kind};
-    return s_exec(pg, "member_insert", p, false, NULL);
+    return pg_exec_row(pg, "member_insert", p, false, NULL);
 }
 
 int store_member_ensure(pg_t *pg, const char *gid, const char *user_id, const char *kind,
                         bool *ret_added) {
     const char *p[] = {gid, user_id, kind};
     PGresult *res;
-    int rc = s_exec(pg, "member_ensure", p, false, &res);
+    int rc = pg_exec_row(pg, "member_ensure", p, false, &res);
     if (rc != 0)
         return rc;
     *ret_added = PQntuples(res) > 0;
@@ -376,18 +358,18 @@ int store_member_ensure(pg_t *pg, const char *gid, const char *user_id, const ch
 int store_member_set_role(pg_t *pg, const char *gid, const char *user_id, const char *role,
                           const char *kind) {
     const char *p[] = {gid, user_id, role, kind};
-    return s_exec(pg, "member_set_role", p, true, NULL);
+    return pg_exec_row(pg, "member_set_role", p, true, NULL);
 }
 
 int store_member_delete(pg_t *pg, const char *gid, const char *user_id) {
     const char *p[] = {gid, user_id};
-    return s_exec(pg, "member_delete", p, true, NULL);
+    return pg_exec_row(pg, "member_delete", p, true, NULL);
 }
 
 int store_contacts(pg_t *pg, arena_t *a, const char *user_id, char ***ret_ids, size_t *ret_n) {
     const char *p[] = {user_id};
     PGresult *res;
-    int rc = s_exec(pg, "contacts", p, false, &res);
+    int rc = pg_exec_row(pg, "contacts", p, false, &res);
     if (rc != 0)
         return rc;
     rc = s_column_list(a, res, "user_id", ret_ids, ret_n);
@@ -398,7 +380,7 @@ int store_contacts(pg_t *pg, arena_t *a, const char *user_id, char ***ret_ids, s
 int store_shares_group(pg_t *pg, const char *a_id, const char *b_id, bool *ret) {
     const char *p[] = {a_id, b_id};
     PGresult *res;
-    int rc = s_exec(pg, "shares_group", p, true, &res);
+    int rc = pg_exec_row(pg, "shares_group", p, true, &res);
     if (rc != 0)
         return rc;
     *ret = pg_col_bool(res, 0, "shares");
@@ -410,12 +392,12 @@ int store_shares_group(pg_t *pg, const char *a_id, const char *b_id, bool *ret) 
 
 int store_pending_add(pg_t *pg, const char *user_id) {
     const char *p[] = {user_id};
-    return s_exec(pg, "pending_add", p, false, NULL);
+    return pg_exec_row(pg, "pending_add", p, false, NULL);
 }
 
 int store_pending_done(pg_t *pg, const char *user_id) {
     const char *p[] = {user_id};
-    return s_exec(pg, "pending_done", p, false, NULL);
+    return pg_exec_row(pg, "pending_done", p, false, NULL);
 }
 
 int store_pending_batch(pg_t *pg, arena_t *a, int limit, char ***ret_ids, size_t *ret_n) {
@@ -423,7 +405,7 @@ int store_pending_batch(pg_t *pg, arena_t *a, int limit, char ***ret_ids, size_t
     snprintf(lim, sizeof lim, "%d", limit);
     const char *p[] = {lim};
     PGresult *res;
-    int rc = s_exec(pg, "pending_batch", p, false, &res);
+    int rc = pg_exec_row(pg, "pending_batch", p, false, &res);
     if (rc != 0)
         return rc;
     rc = s_column_list(a, res, "user_id", ret_ids, ret_n);
@@ -440,7 +422,7 @@ int store_invitation_insert(pg_t *pg, arena_t *a, const char *gid, const char *e
     snprintf(ttl, sizeof ttl, "%ld", ttl_s);
     const char *p[] = {gid, email, token_hash, invited_by, ttl};
     PGresult *res;
-    int rc = s_exec(pg, "invitation_insert", p, true, &res);
+    int rc = pg_exec_row(pg, "invitation_insert", p, true, &res);
     if (rc != 0)
         return rc;
     *ret = s_invitation_row(a, res, 0);
@@ -452,7 +434,7 @@ int store_invitations_list(pg_t *pg, arena_t *a, const char *gid,
                            Extranet__Membership__Invitation ***ret, size_t *ret_n) {
     const char *p[] = {gid};
     PGresult *res;
-    int rc = s_exec(pg, "invitations_of", p, false, &res);
+    int rc = pg_exec_row(pg, "invitations_of", p, false, &res);
     if (rc != 0)
         return rc;
     size_t n = (size_t)PQntuples(res);
@@ -472,7 +454,7 @@ int store_invitations_list(pg_t *pg, arena_t *a, const char *gid,
 int store_invitation_group(pg_t *pg, arena_t *a, const char *id, char **ret_gid) {
     const char *p[] = {id};
     PGresult *res;
-    int rc = s_exec(pg, "invitation_group", p, true, &res);
+    int rc = pg_exec_row(pg, "invitation_group", p, true, &res);
     if (rc != 0)
         return rc;
     *ret_gid = pg_col_str(a, res, 0, "group_id");
@@ -482,15 +464,15 @@ int store_invitation_group(pg_t *pg, arena_t *a, const char *id, char **ret_gid)
 
 int store_invitation_revoke(pg_t *pg, const char *id) {
     const char *p[] = {id};
-    return s_exec(pg, "invitation_revoke", p, true, NULL);
+    return pg_exec_row(pg, "invitation_revoke", p, true, NULL);
 }
 
 int store_invitation_expire(pg_t *pg, const char *gid, const char *id) {
     const char *p[] = {id, gid};
-    int rc = s_exec(pg, "invitation_expire", p, true, NULL);
+    int rc = pg_exec_row(pg, "invitation_expire", p, true, NULL);
     if (rc != -ENOENT)
         return rc;
-    rc = s_exec(pg, "invitation_expire_early", p, true, NULL);
+    rc = pg_exec_row(pg, "invitation_expire_early", p, true, NULL);
     return rc == 0 ? -EAGAIN : rc;
 }
 
@@ -498,7 +480,7 @@ int store_invitation_lookup(pg_t *pg, arena_t *a, const char *token_hash,
                             Extranet__Membership__InvitationInfo **ret) {
     const char *p[] = {token_hash};
     PGresult *res;
-    int rc = s_exec(pg, "invitation_lookup", p, true, &res);
+    int rc = pg_exec_row(pg, "invitation_lookup", p, true, &res);
     if (rc != 0)
         return rc;
     Extranet__Membership__InvitationInfo *info = arena_alloc(a, sizeof *info);
@@ -519,7 +501,7 @@ int store_invitation_claim(pg_t *pg, arena_t *a, const char *token_hash, const c
                            store_claim_t *ret) {
     const char *p[] = {token_hash, email ? email : ""};
     PGresult *res;
-    int rc = s_exec(pg, "invitation_claim", p, true, &res);
+    int rc = pg_exec_row(pg, "invitation_claim", p, true, &res);
     if (rc != 0)
         return rc;
     ret->id = pg_col_str(a, res, 0, "id");
@@ -531,10 +513,10 @@ int store_invitation_claim(pg_t *pg, arena_t *a, const char *token_hash, const c
 
 int store_invitation_unclaim(pg_t *pg, const char *id) {
     const char *p[] = {id};
-    return s_exec(pg, "invitation_unclaim", p, false, NULL);
+    return pg_exec_row(pg, "invitation_unclaim", p, false, NULL);
 }
 
 int store_invitation_finish(pg_t *pg, const char *id, const char *user_id) {
     const char *p[] = {id, user_id};
-    return s_exec(pg, "invitation_finish", p, true, NULL);
+    return pg_exec_row(pg, "invitation_finish", p, true, NULL);
 }

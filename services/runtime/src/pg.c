@@ -524,3 +524,20 @@ int64_t pg_col_i64(const PGresult *res, int row, const char *col) {
         return 0;
     return strtoll(PQgetvalue(res, row, c), NULL, 10);
 }
+
+int pg_exec_row(pg_t *self, const char *name, const char *const *params, bool need_row,
+                PGresult **ret_res) {
+    PGresult *res = NULL;
+    int rc = pg_exec(self, name, params, &res);
+    if (rc != 0)
+        return rc;
+    if (need_row && PQntuples(res) == 0) {
+        PQclear(res);
+        return -ENOENT;
+    }
+    if (ret_res)
+        *ret_res = res;
+    else
+        PQclear(res);
+    return 0;
+}

@@ -30,6 +30,10 @@ PGconn *pg_conn(pg_t *self);   /* borrowed; for COPY and the like */
  * -EAGAIN on serialization failure/deadlock (40001/40P01), -EIO otherwise (logged). */
 int pg_exec(pg_t *self, const char *name, const char *const *params, PGresult **ret_res) WUR;
 
+/* pg_exec for store.c's: with need_row, a result without rows is -ENOENT (nothing to free). */
+int pg_exec_row(pg_t *self, const char *name, const char *const *params, bool need_row,
+                PGresult **ret_res) WUR;
+
 int pg_begin(pg_t *self) WUR;
 int pg_commit(pg_t *self) WUR;
 void pg_rollback(pg_t *self);   /* best effort; safe outside a transaction */
