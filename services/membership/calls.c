@@ -158,3 +158,18 @@ int call_after_change(svc_thread_t *t, const char *gid, char *const *users,
     }
     return rc;
 }
+
+Extranet__Membership__Group *call_group_or_reply(svc_thread_t *t, svc_call_t *call, const char *gid,
+                                                 ukind_t *ret_kind, mrole_t *ret_role) {
+    if (!call_user_or_reply(call, ret_kind) || !call_gid_or_reply(call, gid) ||
+        !call_role_or_reply(t, call, gid, ret_role) ||
+        !call_verdict_or_reply(call, rules_group_view(*ret_kind, *ret_role)))
+        return NULL;
+    Extranet__Membership__Group *g = NULL;
+    int rc = store_group_get(t->pg, call->arena, gid, call->req->actor->user_id, &g);
+    if (rc != 0) {
+        call_store_fail(call, rc, NULL);
+        return NULL;
+    }
+    return g;
+}

@@ -86,29 +86,11 @@ void groups_list(svc_thread_t *t, svc_call_t *call) {
     svc_reply_ok(call, &reply.base);
 }
 
-/* The group gid as the caller may see it: answers NOT_FOUND and returns NULL otherwise.
- * ret_role, ret_kind: the caller's role and kind. */
-static Extranet__Membership__Group *s_visible_group(svc_thread_t *t, svc_call_t *call,
-                                                    const char *gid, ukind_t *ret_kind,
-                                                    mrole_t *ret_role) {
-    if (!call_user_or_reply(call, ret_kind) || !call_gid_or_reply(call, gid) ||
-        !call_role_or_reply(t, call, gid, ret_role) ||
-        !call_verdict_or_reply(call, rules_group_view(*ret_kind, *ret_role)))
-        return NULL;
-    Extranet__Membership__Group *g = NULL;
-    int rc = store_group_get(t->pg, call->arena, gid, call->req->actor->user_id, &g);
-    if (rc != 0) {
-        call_store_fail(call, rc, NULL);
-        return NULL;
-    }
-    return g;
-}
-
 void groups_get(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__GroupIdRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    Extranet__Membership__Group *g = s_visible_group(t, call, req->gid, &k, &role);
+    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
     if (g)
         svc_reply_ok(call, &g->base);
 }
@@ -117,7 +99,7 @@ void groups_update(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__UpdateGroupRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    Extranet__Membership__Group *g = s_visible_group(t, call, req->gid, &k, &role);
+    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
     if (!g || !call_verdict_or_reply(call, rules_group_settings(k, role, g->archived)))
         return;
     const char *err = NULL;
@@ -158,7 +140,7 @@ void groups_archive(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__GroupIdRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    Extranet__Membership__Group *g = s_visible_group(t, call, req->gid, &k, &role);
+    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
     /* Archiving twice is fine (idempotent DELETE). */
     if (!g || !call_verdict_or_reply(call, rules_group_settings(k, role, false)))
         return;

@@ -53,6 +53,11 @@ bool call_verdict_or_reply(svc_call_t *call, rules_verdict_t v);
 bool call_gid_or_reply(svc_call_t *call, const char *gid);
 /* The caller's role in gid through the mem:{user} cache; answers UNAVAILABLE on failure. */
 bool call_role_or_reply(svc_thread_t *t, svc_call_t *call, const char *gid, mrole_t *ret_role);
+/* The group gid as the caller may see it (signed in, uuid, role through the cache, R1 view
+ * rule); *ret_kind and *ret_role set. Returns the group in the call's arena, or NULL after
+ * answering (NOT_FOUND when hidden or missing, exactly alike). */
+Extranet__Membership__Group *call_group_or_reply(svc_thread_t *t, svc_call_t *call, const char *gid,
+                                                 ukind_t *ret_kind, mrole_t *ret_role);
 /* Answers a store error: -ENOENT NOT_FOUND "not found", -EEXIST CONFLICT (conflict_msg),
  * -EAGAIN UNAVAILABLE, else INTERNAL (logged). */
 void call_store_fail(svc_call_t *call, int rc, const char *conflict_msg);

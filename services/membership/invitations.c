@@ -43,22 +43,6 @@ static void s_unavailable(svc_call_t *call, const char *what) {
     svc_fail(call, EXTRANET__STATUS__UNAVAILABLE, "%s is unavailable, please retry", what);
 }
 
-/* The caller's kind, role and the group, answering NOT_FOUND when it is hidden (R1). */
-static Extranet__Membership__Group *s_group(svc_thread_t *t, svc_call_t *call, const char *gid,
-                                            ukind_t *ret_kind, mrole_t *ret_role) {
-    if (!call_user_or_reply(call, ret_kind) || !call_gid_or_reply(call, gid) ||
-        !call_role_or_reply(t, call, gid, ret_role) ||
-        !call_verdict_or_reply(call, rules_group_view(*ret_kind, *ret_role)))
-        return NULL;
-    Extranet__Membership__Group *g = NULL;
-    int rc = store_group_get(t->pg, call->arena, gid, call->req->actor->user_id, &g);
-    if (rc != 0) {
-        call_store_fail(call, rc, NULL);
-        return NULL;
-    }
-    return g;
-}
-
 static int s_send_mail(svc_thread_t *t, svc_call_t *call, const char *to, const char *subject,
                        const char *body) {
     Extranet__Identity__SendMailRequest m = EXTRANET__IDENTITY__SEND_MAIL_REQUEST__INIT;
@@ -133,7 +117,7 @@ void invitations_create(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__InviteRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    Extranet__Membership__Group *g = s_group(t, call, req->gid, &k, &role);
+    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
     if (!g)
         return;
     gkind_t gk = strcmp(g->kind, "extranet") == 0 ? GKIND_EXTRANET : GKIND_INTERNAL;
@@ -218,7 +202,7 @@ void invitations_list(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__GroupIdRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    if (!s_group(t, call, req->gid, &k, &role) ||
+    if (!call_group_or_reply(t, call, req->gid, &k, &role) ||
         !call_verdict_or_reply(call, rules_invitations_manage(k, role)))
         return;
     Extranet__Membership__InvitationList reply = EXTRANET__MEMBERSHIP__INVITATION_LIST__INIT;
@@ -235,7 +219,7 @@ void invitations_revoke(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__InvitationIdRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    if (!s_group(t, call, req->gid, &k, &role) ||
+    if (!call_group_or_reply(t, call, req->gid, &k, &role) ||
         !call_verdict_or_reply(call, rules_invitations_manage(k, role)) ||
         !call_gid_or_reply(call, req->id))
         return;

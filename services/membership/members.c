@@ -11,22 +11,6 @@
 #include <string.h>
 #include <strings.h>
 
-/* The caller's kind and role in gid plus the group, answering NOT_FOUND when it is hidden. */
-static Extranet__Membership__Group *s_group(svc_thread_t *t, svc_call_t *call, const char *gid,
-                                            ukind_t *ret_kind, mrole_t *ret_role) {
-    if (!call_user_or_reply(call, ret_kind) || !call_gid_or_reply(call, gid) ||
-        !call_role_or_reply(t, call, gid, ret_role) ||
-        !call_verdict_or_reply(call, rules_group_view(*ret_kind, *ret_role)))
-        return NULL;
-    Extranet__Membership__Group *g = NULL;
-    int rc = store_group_get(t->pg, call->arena, gid, call->req->actor->user_id, &g);
-    if (rc != 0) {
-        call_store_fail(call, rc, NULL);
-        return NULL;
-    }
-    return g;
-}
-
 static gkind_t s_gkind(const Extranet__Membership__Group *g) {
     return strcmp(g->kind, "extranet") == 0 ? GKIND_EXTRANET : GKIND_INTERNAL;
 }
@@ -69,7 +53,7 @@ void members_list(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__GroupIdRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    if (!s_group(t, call, req->gid, &k, &role))
+    if (!call_group_or_reply(t, call, req->gid, &k, &role))
         return;
     store_member_t *rows = NULL;
     size_t n = 0;
@@ -182,7 +166,7 @@ void members_add(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__AddMemberRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role, target_role = ROLE_NONE, new_role = ROLE_MEMBER;
-    Extranet__Membership__Group *g = s_group(t, call, req->gid, &k, &role);
+    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
     if (!g)
         return;
     if (req->role[0] && !rules_role_parse(req->role, &new_role)) {
@@ -240,7 +224,7 @@ void members_update(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__UpdateMemberRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role, target_role = ROLE_NONE, new_role = ROLE_NONE;
-    Extranet__Membership__Group *g = s_group(t, call, req->gid, &k, &role);
+    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
     if (!g)
         return;
     if (!call_gid_or_reply(call, req->uid))
@@ -315,7 +299,7 @@ void members_remove(svc_thread_t *t, svc_call_t *call) {
             svc_fail(call, EXTRANET__STATUS__INVALID, "gid and uid must be uuids");
             return;
         }
-    } else if (!s_group(t, call, req->gid, &k, &role) || !call_gid_or_reply(call, req->uid)) {
+    } else if (!call_group_or_reply(t, call, req->gid, &k, &role) || !call_gid_or_reply(call, req->uid)) {
         return;
     }
     int rc = s_target_role(t, call, req->gid, req->uid, &target_role);
