@@ -206,17 +206,15 @@ static char *s_next_cursor(arena_t *a, Extranet__Audit__Record **recs, size_t n,
     return arena_printf(a, "%" PRId64, recs[n - 1]->seq);
 }
 
-static void s_query(svc_thread_t *t, svc_call_t *call) {
-    const Extranet__Audit__QueryRequest *rq = (const void *)call->msg;
-    if (!s_actor_is(call, true))
-        return;
-    const char *fields[8] = {rq->actor_id,  rq->action, rq->group_id, rq->target_type,
-                             rq->target_id, rq->since,  rq->until,    rq->request_id};
+/* The filtered, paged query both Query and QueryGroup answer with (fields: actor, action,
+ * group, target type, target id, since, until, request id). */
+static void s_query_reply(svc_thread_t *t, svc_call_t *call, const char *const fields[8],
+                          const char *cursor, int32_t limit_in) {
     audit_filter_t f;
     int64_t after;
     int limit;
-    if (!s_paging_or_reply(call, fields, rq->cursor, rq->limit, QUERY_DEFAULT, QUERY_MAX, &f,
-                           &after, &limit))
+    if (!s_paging_or_reply(call, fields, cursor, limit_in, QUERY_DEFAULT, QUERY_MAX, &f, &after,
+                           &limit))
         return;
     Extranet__Audit__QueryReply reply = EXTRANET__AUDIT__QUERY_REPLY__INIT;
     int rc = audit_store_query(t->pg, call->arena, &f, after, INT64_MAX, limit, &reply.records,
@@ -231,6 +229,15 @@ static void s_query(svc_thread_t *t, svc_call_t *call) {
         return;
     }
     svc_reply_ok(call, &reply.base);
+}
+
+static void s_query(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Audit__QueryRequest *rq = (const void *)call->msg;
+    if (!s_actor_is(call, true))
+        return;
+    const char *fields[8] = {rq->actor_id,  rq->action, rq->group_id, rq->target_type,
+                             rq->target_id, rq->since,  rq->until,    rq->request_id};
+    s_query_reply(t, call, fields, rq->cursor, rq->limit);
 }
 
 /* May the caller read group gid's records? Admins and SYSTEM: yes. Anyone else must be the
@@ -293,25 +300,7 @@ static void s_query_group(svc_thread_t *t, svc_call_t *call) {
             *c = (char)(*c - 'A' + 'a');
     const char *fields[8] = {rq->actor_id,  rq->action, gid,       rq->target_type,
                              rq->target_id, rq->since,  rq->until, rq->request_id};
-    audit_filter_t f;
-    int64_t after;
-    int limit;
-    if (!s_paging_or_reply(call, fields, rq->cursor, rq->limit, QUERY_DEFAULT, QUERY_MAX, &f,
-                           &after, &limit))
-        return;
-    Extranet__Audit__QueryReply reply = EXTRANET__AUDIT__QUERY_REPLY__INIT;
-    int rc = audit_store_query(t->pg, call->arena, &f, after, INT64_MAX, limit, &reply.records,
-                               &reply.n_records);
-    if (rc != 0) {
-        s_db_failed(call, rc);
-        return;
-    }
-    reply.next_cursor = s_next_cursor(call->arena, reply.records, reply.n_records, limit);
-    if (!reply.next_cursor) {
-        svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
-        return;
-    }
-    svc_reply_ok(call, &reply.base);
+    s_query_reply(t, call, fields, rq->cursor, rq->limit);
 }
 
 #define CSV_COLUMNS                                                                                \
