@@ -153,6 +153,8 @@ static int s_send(gw_loop_t *self, gw_req_t *req) {
         free(buf);
     if (rc < 0)
         metrics_upstream_error(service, "send");
+    else
+        req->broker = mdp_client_last_broker(self->client);
     return rc;
 }
 
@@ -262,7 +264,9 @@ static void s_expire(gw_loop_t *self, int64_t now) {
             req->phase == GW_PHASE_AUTH ? "identity.Authenticate" : req->match.route->rpc;
         char service[64];
         metrics_upstream_error(s_service_of(method, service, sizeof service), "deadline");
-        mdp_client_suspect_last(self->client);
+        /* Blame the broker that took this request, not the one that took the last send:
+         * with many in flight over two brokers those differ. */
+        mdp_client_suspect(self->client, req->broker);
         log_set_request_id(req->request_id);
         log_info("deadline exceeded waiting for %s", method);
         log_set_request_id(NULL);

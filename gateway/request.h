@@ -80,6 +80,7 @@ typedef struct gw_req {
     struct gw_req *q_next;          /* submit queue */
     struct gw_req *h_next;          /* pending hash chain */
     struct gw_req *d_prev, *d_next; /* deadline list */
+    int broker;                     /* index of the broker that took the last send */
 } gw_req_t;
 
 /* Called by the loop thread exactly once per submitted request, after writing the result:

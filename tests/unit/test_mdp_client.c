@@ -235,6 +235,24 @@ static void test_client_round_robin_and_suspect(void **state) {
     mdp_client_destroy(&fx->c[0]);
 }
 
+/* Many requests in flight: the broker to blame for a missed deadline is the one that took that
+ * request, not the one that took the latest send (the gateway once blamed the latter). */
+static void test_client_suspect_the_broker_of_the_request(void **state) {
+    fx_t *fx = *state;
+    mdp_client_t *c = s_client_both_up(fx);
+    int first = s_send_landed(fx, c, "slow");
+    assert_int_equal(mdp_client_last_broker(c), first);
+    int second = s_send_landed(fx, c, "fast");
+    assert_int_equal(second, 1 - first);
+    assert_int_equal(mdp_client_last_broker(c), second);
+    mdp_client_suspect(c, first); /* "slow" missed its deadline */
+    for (int k = 0; k < 6; k++)
+        assert_int_equal(s_send_landed(fx, c, "avoid"), second);
+    mdp_client_suspect(c, -1); /* ignored */
+    mdp_client_suspect(c, 7);
+    mdp_client_destroy(&fx->c[0]);
+}
+
 static void test_client_dead_broker_fails_fast(void **state) {
     fx_t *fx = *state;
     /* A port nobody listens on (bound then closed); ZMQ_IMMEDIATE: nothing queues. */
@@ -450,6 +468,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_client_rejects_bad_args, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_malformed_replies, setup, teardown),
         cmocka_unit_test_setup_teardown(test_client_round_robin_and_suspect, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_client_suspect_the_broker_of_the_request, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_client_dead_broker_fails_fast, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rpc_call_ok_drops_stale, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rpc_call_maps_status, setup, teardown),

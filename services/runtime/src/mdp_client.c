@@ -187,9 +187,17 @@ int mdp_client_send(mdp_client_t *self, const char *service, const void *body, s
     return rc;
 }
 
+int mdp_client_last_broker(const mdp_client_t *self) {
+    return self->last;
+}
+
+void mdp_client_suspect(mdp_client_t *self, int i) {
+    if (i >= 0 && i < self->n)
+        self->suspect_until[i] = util_mono_ms() + SUSPECT_MS;
+}
+
 void mdp_client_suspect_last(mdp_client_t *self) {
-    if (self->last >= 0)
-        self->suspect_until[self->last] = util_mono_ms() + SUSPECT_MS;
+    mdp_client_suspect(self, self->last);
 }
 
 int mdp_client_pollitems(mdp_client_t *self, zmq_pollitem_t *items, int max) {

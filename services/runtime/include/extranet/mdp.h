@@ -36,7 +36,15 @@ int mdp_client_send(mdp_client_t *self, const char *service, const void *body, s
  * -EPROTO for a malformed message (dropped, logged), or -errno. */
 int mdp_client_recv(mdp_client_t *self, void **ret_body, size_t *ret_len, int timeout_ms) WUR;
 
-/* Marks the broker last used for a request as suspect (the caller's deadline passed). */
+/* Index (0..n-1) of the broker that took the last successful send, -1 before any. A caller
+ * with many requests in flight keeps it per request, to blame the right broker later. */
+int mdp_client_last_broker(const mdp_client_t *self);
+
+/* Marks broker i as suspect (a deadline passed on a request it took): tried last for a while
+ * unless it answers meanwhile. Out-of-range i is ignored. */
+void mdp_client_suspect(mdp_client_t *self, int i);
+
+/* mdp_client_suspect(self, mdp_client_last_broker(self)): for one request in flight. */
 void mdp_client_suspect_last(mdp_client_t *self);
 
 /* For an outer zmq_poll: fills at most max items with the client's sockets (ZMQ_POLLIN) and
