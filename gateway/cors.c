@@ -50,7 +50,7 @@ int cors_add_headers(struct MHD_Response *resp, const char *origin) {
 int cors_add_preflight(struct MHD_Response *resp, const char *allow_methods) {
     if (MHD_add_response_header(resp, "Access-Control-Allow-Methods", allow_methods) != MHD_YES ||
         MHD_add_response_header(resp, "Access-Control-Allow-Headers",
-                                "Authorization, Content-Type") != MHD_YES ||
+                                "Authorization, Content-Type, Idempotency-Key") != MHD_YES ||
         MHD_add_response_header(resp, "Access-Control-Max-Age", S_MAX_AGE) != MHD_YES)
         return -ENOMEM;
     return 0;

@@ -5,6 +5,7 @@
 #include "cors.h"
 #include "extranet/cfg.h"
 #include "extranet/log.h"
+#include "extranet/mdp.h"
 #include "http.h"
 #include "loop.h"
 #include "metrics.h"
@@ -168,7 +169,7 @@ done:
     http_destroy(&http);
     loop_destroy(&loop);
     if (zctx)
-        zmq_ctx_term(zctx);
+        mdp_ctx_term(zctx);
     cors_fini();
     clientip_fini();
     ratelimit_fini();

@@ -97,8 +97,9 @@ static void s_answer(gw_probe_t *self, bool ready) {
     json_t *missing = json_array();
     if (!ready && missing) {
         for (int i = 0; i < self->nservices; i++)
-            if (self->best_missing < 0 || self->best[i])
-                json_array_append_new(missing, json_string(self->services[i]));
+            if ((self->best_missing < 0 || self->best[i]) &&
+                json_array_append_new(missing, json_string(self->services[i])) != 0)
+                log_warn("readyz: out of memory listing the missing services");
     }
     json_t *o = json_pack("{s:s, s:i, s:i, s:o*}", "status", ready ? "ready" : "not_ready",
                           "brokers_reachable", self->reachable, "brokers_total", self->nbrokers,

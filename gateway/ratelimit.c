@@ -118,7 +118,10 @@ bool ratelimit_allow(const char *scope, const char *account, const char *ip, int
         long long wait_ms = 0;
         bool over = false, bad = false;
         for (int i = 0; i < ncmd; i += 3) {
-            if (reps[i]->type != REDIS_REPLY_INTEGER || reps[i + 2]->type != REDIS_REPLY_INTEGER) {
+            /* PEXPIRE .. NX needs Redis 7: an error reply there would leave a counter with no
+             * TTL (a lockout for good), so it counts as Redis trouble (the local limiter). */
+            if (reps[i]->type != REDIS_REPLY_INTEGER || reps[i + 1]->type != REDIS_REPLY_INTEGER ||
+                reps[i + 2]->type != REDIS_REPLY_INTEGER) {
                 bad = true;
                 continue;
             }

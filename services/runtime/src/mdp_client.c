@@ -47,6 +47,15 @@ void mdp_sock_close(void **sock_p) {
     *sock_p = NULL;
 }
 
+void mdp_ctx_term(void *zctx) {
+    while (zmq_ctx_term(zctx) != 0) {
+        if (zmq_errno() != EINTR) {
+            log_error("zmq_ctx_term: %s", zmq_strerror(zmq_errno()));
+            return;
+        }
+    }
+}
+
 void mdp_frames_close(zmq_msg_t *frames, int n) {
     for (int i = 0; i < n; i++) {
         if (zmq_msg_close(&frames[i]) != 0)

@@ -522,7 +522,15 @@ int64_t pg_col_i64(const PGresult *res, int row, const char *col) {
     int c = PQfnumber(res, col);
     if (c < 0 || PQgetisnull(res, row, c))
         return 0;
-    return strtoll(PQgetvalue(res, row, c), NULL, 10);
+    const char *v = PQgetvalue(res, row, c);
+    char *end = NULL;
+    errno = 0;
+    long long n = strtoll(v, &end, 10);
+    if (errno != 0 || end == v || *end != '\0') {
+        log_error("column %s: \"%.32s\" is not a 64-bit integer", col, v);
+        return 0;
+    }
+    return n;
 }
 
 int pg_exec_row(pg_t *self, const char *name, const char *const *params, bool need_row,

@@ -946,17 +946,13 @@ static void s_teardown(s_svc_t *svc) {
         s_thread_close(svc, &svc->tick, true);
     mdp_sock_close(&svc->ctl_io);
     mdp_sock_close(&svc->ctl_main);
-    if (svc->zctx) {
-        while (zmq_ctx_term(svc->zctx) != 0 && zmq_errno() == EINTR) {
-        }
-    }
+    if (svc->zctx)
+        mdp_ctx_term(svc->zctx);
     svc->zctx = NULL;
     /* The link sockets were closed by the I/O thread, which has been joined. */
     for (int b = 0; b < MDP_MAX_BROKERS; b++) {
-        if (svc->link_ctx[b]) {
-            while (zmq_ctx_term(svc->link_ctx[b]) != 0 && zmq_errno() == EINTR) {
-            }
-        }
+        if (svc->link_ctx[b])
+            mdp_ctx_term(svc->link_ctx[b]);
         svc->link_ctx[b] = NULL;
     }
 }

@@ -13,14 +13,19 @@
 #define MDPW_WORKER "MDPW01"
 enum { MDPW_READY = 1, MDPW_REQUEST = 2, MDPW_REPLY = 3, MDPW_HEARTBEAT = 4, MDPW_DISCONNECT = 5 };
 
-/* Heartbeat interval and liveness (missed beats before a peer counts as dead). The liveness
- * window (interval * liveness) must exceed the largest request deadline. */
+/* Heartbeat interval and liveness (missed beats before a peer counts as dead). Heartbeats flow
+ * from the I/O thread even while a handler is busy, so the window (5 s) only has to cover a
+ * stalled process, not the largest request deadline; why that is safe: docs/protocol.md §8. */
 #define MDP_HEARTBEAT_MS 1000
 #define MDP_LIVENESS 5
 /* Largest frame any of our sockets accepts (ZMQ_MAXMSGSIZE); bigger peers are dropped. */
 #define MDP_MAX_FRAME (4 * 1024 * 1024)
 
 typedef struct mdp_client mdp_client_t;
+
+/* zmq_ctx_term(zctx), retried on EINTR; any other error is logged. Every socket of zctx must
+ * be closed first (else it blocks, as libzmq documents). */
+void mdp_ctx_term(void *zctx);
 
 /* Connects one DEALER per endpoint of the comma-separated broker list. zctx is borrowed and
  * must outlive the client. NULL on failure (logged). */
