@@ -470,7 +470,7 @@ void admin_send_mail(svc_thread_t *t, svc_call_t *call) {
     }
     /* Queued, sent by the tick within a second and retried with backoff: a short SMTP
      * outage loses nothing. */
-    int rc = store_mail_enqueue(t->pg, req->to, req->subject, req->body);
+    int rc = store_mail_enqueue(t->pg, identity_cfg.data_key, req->to, req->subject, req->body);
     if (rc != 0) {
         call_store_fail(call, rc, "mail");
         return;

@@ -135,7 +135,7 @@ void call_notice(svc_thread_t *t, const Extranet__Identity__User *u, const char 
              "Hello %s,\n\n%s\n\nIf this was not you, contact your administrator at once.\n\n"
              "-- extranet\n",
              u->display_name, what);
-    if (store_mail_enqueue(t->pg, u->email, subject, body) != 0)
+    if (store_mail_enqueue(t->pg, identity_cfg.data_key, u->email, subject, body) != 0)
         log_warn("could not queue the security notice \"%s\"", subject);
 }
 

@@ -64,9 +64,14 @@ static void s_tick_mail(svc_thread_t *t, arena_t *a) {
         return;
     store_mail_t *m = NULL;
     size_t n = 0;
-    if (store_mail_claim(t->pg, a, 20, &m, &n) != 0)
+    if (store_mail_claim(t->pg, identity_cfg.data_key, a, 20, &m, &n) != 0)
         return;
     for (size_t i = 0; i < n && !svc_stopping(); i++) {
+        if (!m[i].body) { /* sealed with another EXTRANET_DATA_KEY: no retry can send it */
+            if (store_mail_delete(t->pg, m[i].id) != 0)
+                log_warn("could not delete unreadable mail %s", m[i].id);
+            continue;
+        }
         char err[256];
         int rc = mail_send(&identity_cfg.mail, m[i].rcpt, m[i].subject, m[i].body, err, sizeof err);
         if (rc == -EIO && m[i].attempts < 30) {

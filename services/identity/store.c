@@ -2,6 +2,9 @@
  * of store.h. Columns are read by name (PQfnumber); every result is PQclear'ed here. */
 #include "store.h"
 #include "extranet/audit.h"
+#include "extranet/log.h"
+#include "totp.h"
+#include <sodium.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -702,12 +705,33 @@ int store_policy_set(pg_t *pg, const Extranet__Identity__Policy *p) {
 
 /* --- mail --------------------------------------------------------------------------------- */
 
-int store_mail_enqueue(pg_t *pg, const char *rcpt, const char *subject, const char *body) {
-    const char *params[] = {rcpt, subject, body};
-    return pg_exec_row(pg, "mail_enqueue", params, false, NULL);
+int store_mail_enqueue(pg_t *pg, const uint8_t *key, const char *rcpt, const char *subject,
+                       const char *body) {
+    char *sealed = totp_text_seal(key, body);
+    if (!sealed)
+        return -ENOMEM;
+    const char *params[] = {rcpt, subject, sealed};
+    int rc = pg_exec_row(pg, "mail_enqueue", params, false, NULL);
+    free(sealed);
+    return rc;
 }
 
-int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t *ret_n) {
+/* The opened body of a claimed row into the arena; NULL when it does not open. */
+static char *s_mail_body(arena_t *a, const uint8_t *key, const char *id, const char *sealed) {
+    char *plain = NULL;
+    int rc = totp_text_open(key, sealed, &plain);
+    if (rc != 0) {
+        log_error("mail %s: the body does not open with EXTRANET_DATA_KEY (%d)", id, rc);
+        return NULL;
+    }
+    char *out = arena_strdup(a, plain);
+    sodium_memzero(plain, strlen(plain));
+    free(plain);
+    return out;
+}
+
+int store_mail_claim(pg_t *pg, const uint8_t *key, arena_t *a, int limit, store_mail_t **ret,
+                     size_t *ret_n) {
     char lim[16];
     snprintf(lim, sizeof lim, "%d", limit);
     const char *params[] = {lim};
@@ -722,10 +746,13 @@ int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t
         v[i].id = pg_col_str(a, res, (int)i, "id");
         v[i].rcpt = pg_col_str(a, res, (int)i, "rcpt");
         v[i].subject = pg_col_str(a, res, (int)i, "subject");
-        v[i].body = pg_col_str(a, res, (int)i, "body");
         v[i].attempts = (int)pg_col_i64(res, (int)i, "attempts");
-        if (!v[i].id || !v[i].rcpt || !v[i].subject || !v[i].body)
+        if (!v[i].id || !v[i].rcpt || !v[i].subject) {
             rc = -ENOMEM;
+            break;
+        }
+        int c = PQfnumber(res, "body");
+        v[i].body = c < 0 ? NULL : s_mail_body(a, key, v[i].id, PQgetvalue(res, (int)i, c));
     }
     PQclear(res);
     if (rc == 0) {

@@ -131,13 +131,18 @@ int store_policy_get(pg_t *pg, Extranet__Identity__Policy *ret) WUR;
 int store_policy_set(pg_t *pg, const Extranet__Identity__Policy *p) WUR;
 
 /* --- mail outbox --- */
-int store_mail_enqueue(pg_t *pg, const char *rcpt, const char *subject, const char *body) WUR;
+/* The body is stored sealed with key (totp_text_seal: it may carry an invitation token, which
+ * must not sit readable in the database while SMTP is down); -ENOMEM when sealing fails. */
+int store_mail_enqueue(pg_t *pg, const uint8_t *key, const char *rcpt, const char *subject,
+                       const char *body) WUR;
 typedef struct {
     char *id, *rcpt, *subject, *body;
     int attempts;
 } store_mail_t;
-/* Claims up to limit due mails (pushes their next_at out, counts the attempt). */
-int store_mail_claim(pg_t *pg, arena_t *a, int limit, store_mail_t **ret, size_t *ret_n) WUR;
+/* Claims up to limit due mails (pushes their next_at out, counts the attempt) and opens their
+ * bodies with key; a body that does not open (another key) comes back as NULL. */
+int store_mail_claim(pg_t *pg, const uint8_t *key, arena_t *a, int limit, store_mail_t **ret,
+                     size_t *ret_n) WUR;
 int store_mail_delete(pg_t *pg, const char *id) WUR;
 
 /* --- expiry timer outbox (migrations/004_timer_outbox.sql) --- */

@@ -160,3 +160,66 @@ void totp_recovery_hash(const char *normalized, const char *salt_hex, char ret_s
     crypto_hash_sha256_final(&st, digest);
     sodium_bin2hex(ret_hash, 65, digest, sizeof digest);
 }
+
+#define S_TEXT_PREFIX "s1:"
+
+char *totp_text_seal(const uint8_t key[TOTP_KEY_LEN], const char *plain) {
+    size_t plen = strlen(plain);
+    size_t blen = crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES + plen;
+    uint8_t *buf = malloc(blen);
+    size_t b64 = sodium_base64_ENCODED_LEN(blen, sodium_base64_VARIANT_ORIGINAL);
+    char *out = malloc(strlen(S_TEXT_PREFIX) + b64);
+    if (!buf || !out) {
+        free(buf);
+        free(out);
+        return NULL;
+    }
+    randombytes_buf(buf, crypto_secretbox_NONCEBYTES);
+    crypto_secretbox_easy(buf + crypto_secretbox_NONCEBYTES, (const uint8_t *)plain, plen, buf,
+                          key);
+    memcpy(out, S_TEXT_PREFIX, strlen(S_TEXT_PREFIX));
+    sodium_bin2base64(out + strlen(S_TEXT_PREFIX), b64, buf, blen, sodium_base64_VARIANT_ORIGINAL);
+    sodium_memzero(buf, blen);
+    free(buf);
+    return out;
+}
+
+int totp_text_open(const uint8_t key[TOTP_KEY_LEN], const char *sealed, char **ret_plain) {
+    size_t pre = strlen(S_TEXT_PREFIX);
+    if (!sealed || strncmp(sealed, S_TEXT_PREFIX, pre) != 0)
+        return -EBADMSG;
+    const char *b64 = sealed + pre;
+    size_t max = strlen(b64) / 4 * 3 + 3;
+    uint8_t *buf = malloc(max);
+    if (!buf)
+        return -ENOMEM;
+    size_t blen = 0;
+    const size_t overhead = crypto_secretbox_NONCEBYTES + crypto_secretbox_MACBYTES;
+    if (sodium_base642bin(buf, max, b64, strlen(b64), NULL, &blen, NULL,
+                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
+        blen < overhead) {
+        free(buf);
+        return -EBADMSG;
+    }
+    size_t plen = blen - overhead;
+    char *plain = malloc(plen + 1);
+    if (!plain) {
+        free(buf);
+        return -ENOMEM;
+    }
+    if (crypto_secretbox_open_easy((uint8_t *)plain, buf + crypto_secretbox_NONCEBYTES,
+                                   blen - crypto_secretbox_NONCEBYTES, buf, key) != 0) {
+        free(buf);
+        free(plain);
+        return -EBADMSG;
+    }
+    free(buf);
+    plain[plen] = '\0';
+    if (strlen(plain) != plen) { /* an embedded NUL: not a text we sealed */
+        sodium_memzero(plain, plen);
+        free(plain);
+        return -EBADMSG;
+    }
+    *ret_plain = plain;
+    return 0;
+}

@@ -47,6 +47,13 @@ int totp_key_parse(const char *hex, uint8_t key[TOTP_KEY_LEN]) WUR;
 /* Seals secret with key and a random nonce into out (TOTP_SEALED_HEX_LEN + 1). */
 void totp_secret_seal(const uint8_t key[TOTP_KEY_LEN], const uint8_t secret[TOTP_SECRET_LEN],
                       char out[TOTP_SEALED_HEX_LEN + 1]);
+/* Seals a text of any length (a queued mail body: it may hold an invitation token) with key
+ * and a random nonce: "s1:" + base64(nonce | secretbox). Returns a new malloc'd string the
+ * caller frees, or NULL when out of memory. */
+char *totp_text_seal(const uint8_t key[TOTP_KEY_LEN], const char *plain);
+/* Opens totp_text_seal()'s output into a new malloc'd string (*ret_plain, caller frees).
+ * Returns 0, -EBADMSG when malformed or sealed with another key, -ENOMEM. */
+int totp_text_open(const uint8_t key[TOTP_KEY_LEN], const char *sealed, char **ret_plain) WUR;
 /* Opens a sealed secret. Returns 0, or -EBADMSG when it is malformed or the key is wrong. */
 int totp_secret_open(const uint8_t key[TOTP_KEY_LEN], const char *sealed,
                      uint8_t secret[TOTP_SECRET_LEN]) WUR;

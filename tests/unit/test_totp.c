@@ -106,6 +106,36 @@ static void test_base32_and_uri(void **state) {
     assert_int_equal(totp_uri(b32, "a@b.c", uri, 20), -ENOSPC);
 }
 
+static void test_text_seal_open(void **state) {
+    (void)state;
+    uint8_t key[TOTP_KEY_LEN], other[TOTP_KEY_LEN];
+    memset(key, 7, sizeof key);
+    memset(other, 8, sizeof other);
+    const char *texts[] = {"", "x", "Hello,\n\nhttps://x.test/invitations/AAAA\n"};
+    for (size_t i = 0; i < sizeof texts / sizeof texts[0]; i++) {
+        char *sealed = totp_text_seal(key, texts[i]);
+        assert_non_null(sealed);
+        assert_int_equal(strncmp(sealed, "s1:", 3), 0);
+        if (strlen(texts[i]) > 8) /* a short one can occur in base64 by chance */
+            assert_null(strstr(sealed, texts[i]));
+        char *plain = NULL;
+        assert_int_equal(totp_text_open(key, sealed, &plain), 0);
+        assert_string_equal(plain, texts[i]);
+        free(plain);
+        plain = NULL;
+        assert_int_equal(totp_text_open(other, sealed, &plain), -EBADMSG);
+        assert_null(plain);
+        sealed[strlen(sealed) / 2] ^= 1; /* tampered (or no longer base64) */
+        assert_int_equal(totp_text_open(key, sealed, &plain), -EBADMSG);
+        free(sealed);
+    }
+    char *plain = NULL;
+    assert_int_equal(totp_text_open(key, "plain text", &plain), -EBADMSG);
+    assert_int_equal(totp_text_open(key, "s1:", &plain), -EBADMSG);
+    assert_int_equal(totp_text_open(key, "s1:!!!!", &plain), -EBADMSG);
+    assert_null(plain);
+}
+
 static void test_seal_open(void **state) {
     (void)state;
     uint8_t key[TOTP_KEY_LEN], other[TOTP_KEY_LEN], secret[TOTP_SECRET_LEN];
@@ -310,7 +340,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rfc6238_vectors), cmocka_unit_test(test_verify_window),
         cmocka_unit_test(test_verify_replay),   cmocka_unit_test(test_rules_totp_step),
-        cmocka_unit_test(test_base32_and_uri),  cmocka_unit_test(test_seal_open),
+        cmocka_unit_test(test_base32_and_uri),  cmocka_unit_test(test_seal_open), cmocka_unit_test(test_text_seal_open),
         cmocka_unit_test(test_recovery_codes),  cmocka_unit_test(test_rules_access),
         cmocka_unit_test(test_rules_input),     cmocka_unit_test(test_rules_cache_ttl),
     };
