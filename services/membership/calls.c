@@ -138,11 +138,12 @@ int call_user(svc_thread_t *t, svc_call_t *call, const char *id, muser_t **ret) 
 }
 
 int call_after_change(svc_thread_t *t, const char *gid, char *const *users,
-                      const char *const *roles, size_t n, const char *reason) {
+                      const int64_t *versions, const char *const *roles, size_t n,
+                      const char *reason) {
     int rc = mcache_invalidate(t, users, n);
     if (rc == 0) {
         for (size_t i = 0; i < n; i++)
-            if (store_pending_done(t->pg, users[i]) != 0)
+            if (store_pending_done(t->pg, users[i], versions[i]) != 0)
                 log_warn("pending invalidation kept; the tick will clear it");
     } else {
         log_warn("redis unreachable: %zu membership cache entries queued for invalidation", n);

@@ -33,11 +33,12 @@ void groups_create(svc_thread_t *t, svc_call_t *call) {
     }
     const char *me = call->req->actor->user_id;
     char *id = NULL;
+    int64_t version = 0;
     int rc;
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_group_insert(t->pg, call->arena, &req, me,
                                  k == UKIND_ADMIN ? "admin" : "employee", &id)) != 0 ||
-        (rc = store_pending_add(t->pg, me)) != 0 ||
+        (rc = store_pending_add(t->pg, me, &version)) != 0 ||
         (rc = call_audit(t, call, "group.created", "group", id, id, NULL)) != 0 ||
         (rc = pg_commit(t->pg)) != 0) {
         pg_rollback(t->pg);
@@ -47,7 +48,7 @@ void groups_create(svc_thread_t *t, svc_call_t *call) {
     log_info("group %s created by %s", id, me);
     char *users[] = {(char *)me};
     const char *roles[] = {"owner"};
-    if (call_after_change(t, id, users, roles, 1, "added") != 0)
+    if (call_after_change(t, id, users, &version, roles, 1, "added") != 0)
         log_warn("group %s: owner's cache entry not cleared yet (tick retries)", id);
     Extranet__Membership__Group *g = NULL;
     if ((rc = store_group_get(t->pg, call->arena, id, me, &g)) != 0) {

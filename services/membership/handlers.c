@@ -14,12 +14,13 @@ void membership_tick(svc_thread_t *t) {
     if (!a)
         return;
     char **ids = NULL;
+    int64_t *versions = NULL;
     size_t n = 0;
-    if (store_pending_batch(t->pg, a, 100, &ids, &n) == 0 && n > 0 &&
+    if (store_pending_batch(t->pg, a, 100, &ids, &versions, &n) == 0 && n > 0 &&
         mcache_invalidate(t, ids, n) == 0) {
         size_t done = 0;
         for (size_t i = 0; i < n; i++)
-            done += store_pending_done(t->pg, ids[i]) == 0;
+            done += store_pending_done(t->pg, ids[i], versions[i]) == 0;
         log_info("%zu pending membership cache invalidations done", done);
     }
     arena_destroy(&a);

@@ -83,10 +83,12 @@ int call_identity(svc_thread_t *t, svc_call_t *call, const char *method,
 int call_audit(svc_thread_t *t, svc_call_t *call, const char *action, const char *target_type,
                const char *target_id, const char *gid, const char *details) WUR;
 
-/* After a commit that queued pending invalidations for users[0..n): deletes their mem:{user}
- * entries (and the pending rows), then publishes membership.changed for each (role[i], "" =
- * removed). Returns 0, or -EIO when Redis could not be reached (rows stay for the tick; the
- * caller answers UNAVAILABLE where the change takes access away). */
+/* After a commit that queued pending invalidations for users[0..n) (versions[i] from
+ * store_pending_add): deletes their mem:{user} entries (and the pending rows at those versions),
+ * then publishes membership.changed for each (role[i], "" = removed). Returns 0, or -EIO when
+ * Redis could not be reached (rows stay for the tick; the caller answers UNAVAILABLE where the
+ * change takes access away). */
 int call_after_change(svc_thread_t *t, const char *gid, char *const *users,
-                      const char *const *roles, size_t n, const char *reason) WUR;
+                      const int64_t *versions, const char *const *roles, size_t n,
+                      const char *reason) WUR;
 #endif

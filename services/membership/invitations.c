@@ -60,10 +60,11 @@ static int s_send_mail(svc_thread_t *t, svc_call_t *call, const char *to, const 
 static void s_add_employee(svc_thread_t *t, svc_call_t *call, const char *gid,
                            const Extranet__Identity__User *u) {
     bool added = false;
+    int64_t version = 0;
     int rc;
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_member_ensure(t->pg, gid, u->id, u->kind, &added)) != 0 ||
-        (rc = store_pending_add(t->pg, u->id)) != 0 ||
+        (rc = store_pending_add(t->pg, u->id, &version)) != 0 ||
         (added && (rc = call_audit(t, call, "member.added", "user", u->id, gid,
                                    "{\"role\":\"member\",\"via\":\"invitation\"}")) != 0) ||
         (rc = pg_commit(t->pg)) != 0) {
@@ -73,7 +74,7 @@ static void s_add_employee(svc_thread_t *t, svc_call_t *call, const char *gid,
     }
     char *users[] = {u->id};
     const char *roles[] = {"member"};
-    if (call_after_change(t, gid, users, roles, 1, "added") != 0)
+    if (call_after_change(t, gid, users, &version, roles, 1, "added") != 0)
         log_warn("member cache of %s not cleared yet (tick retries)", u->id);
     Extranet__Membership__Invitation inv = EXTRANET__MEMBERSHIP__INVITATION__INIT;
     inv.group_id = (char *)gid;
@@ -268,11 +269,12 @@ void invitations_lookup(svc_thread_t *t, svc_call_t *call) {
 static int s_finish(svc_thread_t *t, svc_call_t *call, const store_claim_t *c, const char *user_id,
                     const char *kind) {
     bool added = false;
+    int64_t version = 0;
     int rc;
     if ((rc = pg_begin(t->pg)) != 0 ||
         (rc = store_member_ensure(t->pg, c->group_id, user_id, kind, &added)) != 0 ||
         (rc = store_invitation_finish(t->pg, c->id, user_id)) != 0 ||
-        (rc = store_pending_add(t->pg, user_id)) != 0 ||
+        (rc = store_pending_add(t->pg, user_id, &version)) != 0 ||
         (rc = call_audit(t, call, "invitation.accepted", "invitation", c->id, c->group_id, NULL)) !=
             0 ||
         (added && (rc = call_audit(t, call, "member.added", "user", user_id, c->group_id,
@@ -284,7 +286,7 @@ static int s_finish(svc_thread_t *t, svc_call_t *call, const store_claim_t *c, c
     }
     char *users[] = {(char *)user_id};
     const char *roles[] = {"member"};
-    if (call_after_change(t, c->group_id, users, roles, 1, "added") != 0)
+    if (call_after_change(t, c->group_id, users, &version, roles, 1, "added") != 0)
         log_warn("member cache of %s not cleared yet (tick retries)", user_id);
     log_info("invitation %s accepted by %s", c->id, user_id);
     return 0;

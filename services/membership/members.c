@@ -110,13 +110,18 @@ static int s_commit_change(svc_thread_t *t, svc_call_t *call, const char *gid, s
                            const char *reason, const char *action, bool tightens,
                            const char *conflict_msg) {
     int rc;
+    int64_t versions[2] = {0, 0}; /* a change touches at most two users (role transfer) */
+    if (n > sizeof versions / sizeof versions[0]) {
+        svc_fail(call, EXTRANET__STATUS__INTERNAL, "internal error");
+        return -1;
+    }
     if ((rc = pg_begin(t->pg)) != 0 || (rc = fn(t, ctx)) != 0) {
         pg_rollback(t->pg);
         call_store_fail(call, rc, conflict_msg);
         return -1;
     }
     for (size_t i = 0; i < n; i++)
-        if ((rc = store_pending_add(t->pg, users[i])) != 0)
+        if ((rc = store_pending_add(t->pg, users[i], &versions[i])) != 0)
             break;
     /* Roles are fixed words, so the details need no JSON escaping. */
     const char *details =
@@ -129,7 +134,7 @@ static int s_commit_change(svc_thread_t *t, svc_call_t *call, const char *gid, s
         return -1;
     }
     log_info("group %s: %s by %s", gid, reason, call->req->actor->user_id);
-    if (call_after_change(t, gid, users, roles, n, reason) != 0 && tightens) {
+    if (call_after_change(t, gid, users, versions, roles, n, reason) != 0 && tightens) {
         /* Committed, but a cached allow may survive until the tick clears it: nobody may
          * believe the change is in force yet (DESIGN.md §5). */
         svc_fail(call, EXTRANET__STATUS__UNAVAILABLE,

@@ -90,12 +90,15 @@ const pg_stmt_t membership_statements[] = {
      2},
 
     {"pending_add",
-     "INSERT INTO pending_invalidations (user_id) VALUES ($1::uuid) ON CONFLICT DO NOTHING", 1},
-    {"pending_done", "DELETE FROM pending_invalidations WHERE user_id = $1::uuid", 1},
+     "INSERT INTO pending_invalidations (user_id) VALUES ($1::uuid) ON CONFLICT (user_id) DO "
+     "UPDATE SET version = pending_invalidations.version + 1 RETURNING version",
+     1},
+    {"pending_done",
+     "DELETE FROM pending_invalidations WHERE user_id = $1::uuid AND version = $2::bigint", 2},
     {"pending_batch",
      "UPDATE pending_invalidations SET attempts = attempts + 1 WHERE user_id IN "
      "(SELECT user_id FROM pending_invalidations ORDER BY created_at LIMIT $1::integer "
-     " FOR UPDATE SKIP LOCKED) RETURNING user_id::text AS user_id",
+     " FOR UPDATE SKIP LOCKED) RETURNING user_id::text AS user_id, version",
      1},
 
     {"invitation_insert",
@@ -390,17 +393,26 @@ int store_shares_group(pg_t *pg, const char *a_id, const char *b_id, bool *ret) 
 
 /* --- invalidation outbox ------------------------------------------------------------------ */
 
-int store_pending_add(pg_t *pg, const char *user_id) {
+int store_pending_add(pg_t *pg, const char *user_id, int64_t *ret_version) {
     const char *p[] = {user_id};
-    return pg_exec_row(pg, "pending_add", p, false, NULL);
+    PGresult *res = NULL;
+    int rc = pg_exec_row(pg, "pending_add", p, true, &res);
+    if (rc != 0)
+        return rc;
+    *ret_version = pg_col_i64(res, 0, "version");
+    PQclear(res);
+    return 0;
 }
 
-int store_pending_done(pg_t *pg, const char *user_id) {
-    const char *p[] = {user_id};
+int store_pending_done(pg_t *pg, const char *user_id, int64_t version) {
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)version);
+    const char *p[] = {user_id, v};
     return pg_exec_row(pg, "pending_done", p, false, NULL);
 }
 
-int store_pending_batch(pg_t *pg, arena_t *a, int limit, char ***ret_ids, size_t *ret_n) {
+int store_pending_batch(pg_t *pg, arena_t *a, int limit, char ***ret_ids, int64_t **ret_versions,
+                        size_t *ret_n) {
     char lim[16];
     snprintf(lim, sizeof lim, "%d", limit);
     const char *p[] = {lim};
@@ -409,7 +421,14 @@ int store_pending_batch(pg_t *pg, arena_t *a, int limit, char ***ret_ids, size_t
     if (rc != 0)
         return rc;
     rc = s_column_list(a, res, "user_id", ret_ids, ret_n);
+    int64_t *v = rc == 0 ? arena_alloc(a, (*ret_n ? *ret_n : 1) * sizeof *v) : NULL;
+    if (rc == 0 && !v)
+        rc = -ENOMEM;
+    for (size_t i = 0; rc == 0 && i < *ret_n; i++)
+        v[i] = pg_col_i64(res, (int)i, "version");
     PQclear(res);
+    if (rc == 0)
+        *ret_versions = v;
     return rc;
 }
 

@@ -59,11 +59,15 @@ int store_contacts(pg_t *pg, arena_t *a, const char *user_id, char ***ret_ids, s
 int store_shares_group(pg_t *pg, const char *a_id, const char *b_id, bool *ret) WUR;
 
 /* --- invalidation outbox --- */
-/* Queues user_id's cache entry for deletion (inside the change's transaction). */
-int store_pending_add(pg_t *pg, const char *user_id) WUR;
-int store_pending_done(pg_t *pg, const char *user_id) WUR;
-/* Up to limit queued user ids (attempts counted). */
-int store_pending_batch(pg_t *pg, arena_t *a, int limit, char ***ret_ids, size_t *ret_n) WUR;
+/* Queues user_id's cache entry for deletion (inside the change's transaction) and bumps its
+ * version, returned in *ret_version: what store_pending_done needs once the DEL succeeded. */
+int store_pending_add(pg_t *pg, const char *user_id, int64_t *ret_version) WUR;
+/* Deletes the queued row of user_id only at this version: a later change that queued the same
+ * user (and whose own DEL may have failed) keeps its row for the tick. */
+int store_pending_done(pg_t *pg, const char *user_id, int64_t version) WUR;
+/* Up to limit queued user ids and their versions (attempts counted), in the arena. */
+int store_pending_batch(pg_t *pg, arena_t *a, int limit, char ***ret_ids, int64_t **ret_versions,
+                        size_t *ret_n) WUR;
 
 /* --- invitations --- */
 int store_invitation_insert(pg_t *pg, arena_t *a, const char *gid, const char *email,
