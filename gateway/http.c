@@ -12,6 +12,7 @@
 #include "extranet/util.h"
 #include "metrics.h"
 #include "ratelimit.h"
+#include "sse.h"
 #include "request.h"
 #include <arpa/inet.h>
 #include <errno.h>
@@ -494,6 +495,30 @@ static enum MHD_Result s_on_complete(gw_http_t *self, gw_req_t *req, const char 
     return s_submit(self, req);
 }
 
+/* An authenticated, confirmed GET /api/v1/stream: hand the connection to an event stream. */
+static enum MHD_Result s_stream(gw_req_t *req, const char *method) {
+    bool full = false;
+    struct MHD_Response *resp = sse_open(req, &full);
+    if (!resp)
+        return s_status_error(req, method,
+                              full ? EXTRANET__STATUS__UNAVAILABLE : EXTRANET__STATUS__INTERNAL,
+                              full ? "too many open streams" : "out of memory", 0);
+    int ok = MHD_add_response_header(resp, "X-Request-Id", req->request_id) == MHD_YES &&
+             MHD_add_response_header(resp, "Cache-Control", "private, no-store") == MHD_YES &&
+             MHD_add_response_header(resp, "Vary", "Authorization, Origin") == MHD_YES &&
+             MHD_add_response_header(resp, "X-Accel-Buffering", "no") == MHD_YES &&
+             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
+                                     "text/event-stream; charset=utf-8") == MHD_YES;
+    if (ok && req->origin)
+        ok = cors_add_headers(resp, req->origin) == 0;
+    enum MHD_Result rc = ok ? MHD_queue_response(req->conn, MHD_HTTP_OK, resp) : MHD_NO;
+    MHD_destroy_response(resp); /* the stream lives on in the queued response */
+    req->state = GW_REQ_ANSWERED;
+    metrics_observe(req->match.index, method, 200,
+                    (double)(s_mono_us() - req->start_us) / 1e6);
+    return rc;
+}
+
 /* After resume: turn the loop's result into the HTTP response. */
 static enum MHD_Result s_on_result(gw_http_t *self, gw_req_t *req, const char *method) {
     const gw_route_t *r = req->match.route;
@@ -512,6 +537,8 @@ static enum MHD_Result s_on_result(gw_http_t *self, gw_req_t *req, const char *m
                               req->retry_after_s);
     if (req->rate_scope)
         ratelimit_refund(req->rate_scope, req->rate_account, req->client_ip, req->rate_local);
+    if (r->flags & GW_ROUTE_STREAM)
+        return s_stream(req, method);
     if (!r->reply)
         return s_queue(req, method, r->success, NULL, 0, NULL);
     if (!req->arena && !(req->arena = arena_new((size_t)64 << 20)))

@@ -11,6 +11,7 @@
 #include "metrics.h"
 #include "ratelimit.h"
 #include "routes.h"
+#include "sse.h"
 #include <errno.h>
 #include <pthread.h>
 #include <signal.h>
@@ -42,12 +43,15 @@ static const char *s_usage =
     "  EXTRANET_LOGIN_RATE_ACCOUNT    login attempts per account per window (10)\n"
     "  EXTRANET_LOGIN_RATE_IP         login attempts per client ip per window (30)\n"
     "  EXTRANET_LOGIN_RATE_WINDOW_S   rate limit window in seconds (300)\n"
+    "  EXTRANET_EVENTS                the brokers' XPUB endpoints (tcp://127.0.0.1:5557)\n"
+    "  EXTRANET_MAX_STREAMS           open event streams at most (1000)\n"
     "  EXTRANET_DEBUG_ROUTES          1: enable test-only routes (GET /api/v1/debug/echo)\n"
     "  EXTRANET_LOG                   debug|info|warn|error (info)\n";
 
 typedef struct {
     http_cfg_t http;
-    const char *brokers, *redis, *proxies, *origins, *required;
+    const char *brokers, *redis, *proxies, *origins, *required, *events;
+    long max_streams;
     ratelimit_cfg_t rate;
     bool debug;
 } s_cfg_t;
@@ -64,6 +68,7 @@ static int s_config(s_cfg_t *c) {
         cfg_long("EXTRANET_LOGIN_RATE_ACCOUNT", 10, 1, 1000000, &c->rate.per_account) < 0 ||
         cfg_long("EXTRANET_LOGIN_RATE_IP", 30, 1, 1000000, &c->rate.per_ip) < 0 ||
         cfg_long("EXTRANET_LOGIN_RATE_WINDOW_S", 300, 1, 86400, &c->rate.window_s) < 0 ||
+        cfg_long("EXTRANET_MAX_STREAMS", 1000, 0, 1000000, &c->max_streams) < 0 ||
         cfg_long("EXTRANET_DEBUG_ROUTES", 0, 0, 1, &debug) < 0)
         return -1;
     c->http = (http_cfg_t){.addr = cfg_str("EXTRANET_HTTP_ADDR", "127.0.0.1:8080"),
@@ -76,6 +81,7 @@ static int s_config(s_cfg_t *c) {
                            .deadline_ms = deadline};
     c->brokers = cfg_str("EXTRANET_BROKER", "tcp://127.0.0.1:5555");
     c->redis = cfg_str("EXTRANET_REDIS", "127.0.0.1:6379");
+    c->events = cfg_str("EXTRANET_EVENTS", "tcp://127.0.0.1:5557");
     c->proxies = cfg_str("EXTRANET_TRUSTED_PROXIES", "");
     c->origins = cfg_str("EXTRANET_CORS_ORIGINS", "");
     /* Set but empty means "no service required" (cfg_str would give the default). */
@@ -147,6 +153,8 @@ int main(int argc, char **argv) {
         log_error("zmq_ctx_new: %s", zmq_strerror(zmq_errno()));
         goto done;
     }
+    if (sse_init(zctx, c.brokers, c.events, c.max_streams) < 0)
+        goto done;
     loop = loop_new(zctx, c.brokers, c.required);
     if (!loop)
         goto done;
@@ -162,12 +170,15 @@ int main(int argc, char **argv) {
         ;
     log_info("signal %d: shutting down", sig);
     http_quiesce(http);
+    sse_close_all();        /* no stream stays suspended for MHD_stop_daemon */
     loop_stop(loop);        /* every suspended request is resumed with 503 */
     http_drain(http, 2000); /* let those answers go out */
     rc = loop_failed(loop) ? 1 : 0;
 done:
+    sse_close_all();
     http_destroy(&http);
     loop_destroy(&loop);
+    sse_fini();
     if (zctx)
         mdp_ctx_term(zctx);
     cors_fini();

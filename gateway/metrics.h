@@ -1,7 +1,8 @@
 /* Prometheus metrics of the gateway (text format 0.0.4, GET /metrics):
  *   extranet_http_requests_total{route,method,status}       counter
  *   extranet_http_request_duration_seconds{route}           histogram
- *   extranet_http_in_flight                                 gauge
+ *   extranet_http_in_flight                                 gauge (open streams included)
+ *   extranet_streams_open                                   gauge
  *   extranet_upstream_errors_total{service,kind}            counter
  * Any thread; one mutex guards the tables (a few hundred ns per request). */
 #ifndef GW_METRICS_H

@@ -32,6 +32,10 @@ static const gw_route_t s_routes[] = {
     {"POST", "/api/v1/auth/logout", "identity.Logout", EMPTY, NULL, AUTH | MFA, 204, NULL, 0},
     /* the caller */
     {"GET", "/api/v1/me", "identity.GetMe", EMPTY, ID(user), AUTH | MFA, 200, NULL, 0},
+    /* the caller's event stream (text/event-stream): identity.GetMe confirms the account is
+     * usable right now, then the stream opens (gateway/sse.c) */
+    {"GET", "/api/v1/stream", "identity.GetMe", EMPTY, ID(user), AUTH | GW_ROUTE_STREAM, 200, NULL,
+     0},
     {"POST", "/api/v1/me/mfa/enroll", "identity.MfaEnroll", EMPTY, ID(mfa_enroll_reply), AUTH | MFA,
      200, NULL, 0},
     {"POST", "/api/v1/me/mfa/confirm", "identity.MfaConfirm", ID(mfa_confirm_request),
@@ -244,14 +248,15 @@ void routes_print(FILE *out) {
     for (int i = 0; i < S_NROUTES; i++) {
         const gw_route_t *r = &s_routes[i];
         json_t *o =
-            json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:o, s:o, s:b, s:i, s:b, s:b, s:b, s:b}",
+            json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:o, s:o, s:b, s:i, s:b, s:b, s:b, s:b, s:b}",
                       "method", r->http_method, "path", r->pattern, "rpc", r->rpc, "request",
                       r->request ? r->request->name : NULL, "reply",
                       r->reply ? r->reply->name : NULL, "request_fields", s_fields(r->request),
                       "reply_fields", s_fields(r->reply), "body", (r->flags & GW_ROUTE_BODY) != 0,
                       "status", r->success, "auth", (r->flags & GW_ROUTE_AUTH) != 0,
                       "mfa_pending_ok", (r->flags & GW_ROUTE_MFA_OK) != 0, "rate_limited",
-                      (r->flags & GW_ROUTE_RATE) != 0, "debug", (r->flags & GW_ROUTE_DEBUG) != 0);
+                      (r->flags & GW_ROUTE_RATE) != 0, "debug", (r->flags & GW_ROUTE_DEBUG) != 0,
+                      "stream", (r->flags & GW_ROUTE_STREAM) != 0);
         if (!o)
             continue;
         char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);

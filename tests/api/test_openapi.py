@@ -125,6 +125,9 @@ def test_each_operation_matches_its_route(spec, routes):
         content = ok.get("content", {})
         if r["status"] == 204:
             check(not content, "204 route documents a body")
+        elif r.get("stream"):
+            check(set(content) == {"text/event-stream"}, "stream route must answer "
+                  "text/event-stream only, spec has %s" % sorted(content))
         elif r["rpc"] is not None:
             schema = resolve(spec, content.get("application/json", {}).get("schema", {}))
             props = set(schema.get("properties", {}))
