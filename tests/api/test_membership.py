@@ -145,6 +145,33 @@ def group_routes(gid, uid):
             ("GET", "/groups/%s/invitations" % gid, None)]
 
 
+def test_r1_the_service_itself_answers_foreign_groups_like_missing_ones(api, mk, admin, mc):
+    """The gateway denies from a warm mem:{user} entry before the service is asked: with the
+    caller's entry deleted before each probe, membership's own check must answer, exactly like
+    a missing group (status, body, header names, length)."""
+    owner, ext, emp = mk("employee"), mk("extranet"), mk("employee")
+    mine, foreign = group(api, owner), group(api, owner, name="secret")
+    add(api, admin, mine, ext)
+    add(api, owner, mine, emp)
+
+    def cold(method, path, who, body=None):
+        assert mc.redis_command("DEL", "mem:%s" % who.id) in (0, 1)
+        return api.call(method, path, who.token, body)
+
+    def shape(r):
+        names = sorted(h.lower() for h in r.headers if h.lower() not in ("date",))
+        return r.status_code, err(r), names, len(r.content), r.headers.get("Cache-Control")
+    for who in (ext, emp):
+        for method, path, body in group_routes(foreign, owner.id):
+            missing_path = path.replace(foreign, str(uuid.uuid4()))
+            hidden, missing = cold(method, path, who, body), cold(method, missing_path, who, body)
+            assert shape(hidden) == shape(missing), (who, method, path, hidden.text)
+            assert err(hidden) == NOT_FOUND and "secret" not in hidden.text
+    # the cold probes reached the service: it refilled the entry each time
+    assert mc.redis_command("EXISTS", "mem:%s" % emp.id) == 1
+    assert cold("GET", "/groups/%s" % mine, ext).status_code == 200
+
+
 def test_r1_foreign_group_answers_like_a_missing_one(api, mk, admin):
     owner, ext, emp = mk("employee"), mk("extranet"), mk("employee")
     mine, foreign = group(api, owner), group(api, owner, name="secret")
