@@ -84,5 +84,19 @@ bool chain_time_valid(const char *s) {
         if (shape[i] == 'd' ? (s[i] < '0' || s[i] > '9') : s[i] != shape[i])
             return false;
     }
-    return true;
+    /* Only times PostgreSQL prints back unchanged: it would turn 23:59:60 into the next
+     * minute, and the record would then never verify. */
+#define S_NUM(a, b) ((s[a] - '0') * 10 + (s[b] - '0'))
+    int mon = S_NUM(5, 6), day = S_NUM(8, 9), h = S_NUM(11, 12), m = S_NUM(14, 15),
+        sec = S_NUM(17, 18);
+#undef S_NUM
+    return mon >= 1 && mon <= 12 && day >= 1 && day <= 31 && h <= 23 && m <= 59 && sec <= 59;
+}
+
+bool chain_uuid_canonical(const char *s) {
+    /* the form PostgreSQL prints a uuid in (lower-case hex), which Verify re-hashes */
+    for (const char *p = s; p && *p; p++)
+        if (*p >= 'A' && *p <= 'F')
+            return false;
+    return s != NULL;
 }

@@ -32,4 +32,7 @@ void chain_hash(const uint8_t prev[CHAIN_HASH_LEN], const chain_record_t *r,
 /* True when s is an RFC 3339 UTC time with exactly microseconds, "YYYY-MM-DDTHH:MM:SS.ffffffZ":
  * the one form PostgreSQL's to_char gives back unchanged, so Verify hashes the same text. */
 bool chain_time_valid(const char *s);
+/* True when s has no upper-case hex digit: a uuid as PostgreSQL prints it (check the uuid shape
+ * apart, with util_uuid_valid). */
+bool chain_uuid_canonical(const char *s);
 #endif

@@ -49,8 +49,8 @@ static void s_db_failed(svc_call_t *call, int rc) {
 
 /* Why record r cannot be appended, or NULL. */
 static const char *s_record_invalid(const Extranet__Audit__Record *r) {
-    if (!util_uuid_valid(r->event_id))
-        return "event_id must be a uuid";
+    if (!util_uuid_valid(r->event_id) || !chain_uuid_canonical(r->event_id))
+        return "event_id must be a lower-case uuid";
     if (!chain_time_valid(r->time))
         return "time must be YYYY-MM-DDTHH:MM:SS.ffffffZ";
     if (!r->action[0])

@@ -114,8 +114,11 @@ def test_append_is_for_services_only(rpc, pb):
 
 def test_bad_record_refuses_the_batch(rpc, pb):
     tag = str(uuid.uuid4())
-    for bad in ({"event_id": "not-a-uuid"}, {"time": "2026-11-25T10:00:00Z"}, {"action": ""},
-                {"details": "x" * 5000}, {"target_type": "t" * 300}):
+    # an upper-case uuid and a leap second would be stored in another form than they were
+    # hashed in, and the chain would never verify again: refused up front
+    for bad in ({"event_id": "not-a-uuid"}, {"event_id": str(uuid.uuid4()).upper()},
+                {"time": "2026-11-25T10:00:00Z"}, {"time": "2026-11-25T23:59:60.000000Z"},
+                {"action": ""}, {"details": "x" * 5000}, {"target_type": "t" * 300}):
         st, _, _ = append(rpc, pb, [record(pb, tag), record(pb, tag, **bad)])
         assert st == "INVALID", bad
     st, _, body = rpc.call("audit.Query", pb.audit.QueryRequest(target_id=tag),

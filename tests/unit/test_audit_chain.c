@@ -122,6 +122,16 @@ static void test_time_shape(void **state) {
     assert_false(chain_time_valid("2026-11-25 10:00:00.123456Z"));
     assert_false(chain_time_valid(""));
     assert_false(chain_time_valid(NULL));
+    /* shapes PostgreSQL would not print back unchanged */
+    assert_false(chain_time_valid("2026-11-25T23:59:60.000000Z"));
+    assert_false(chain_time_valid("2026-11-25T24:00:00.000000Z"));
+    assert_false(chain_time_valid("2026-13-25T10:00:00.000000Z"));
+    assert_false(chain_time_valid("2026-00-25T10:00:00.000000Z"));
+    assert_false(chain_time_valid("2026-11-00T10:00:00.000000Z"));
+    assert_true(chain_time_valid("2026-12-31T23:59:59.999999Z"));
+    assert_true(chain_uuid_canonical("0a1b2c3d-0000-4000-8000-00000000abcd"));
+    assert_false(chain_uuid_canonical("0A1B2C3D-0000-4000-8000-00000000ABCD"));
+    assert_false(chain_uuid_canonical(NULL));
 }
 
 int main(void) {
