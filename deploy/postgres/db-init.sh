@@ -8,6 +8,9 @@
 #                                 calendar files chat)
 #   EXTRANET_DB_PASSWORD_<NAME>   that service's password (e.g. EXTRANET_DB_PASSWORD_IDENTITY);
 #                                 unset: the role is created NOLOGIN until a password is given
+#   EXTRANET_DB_PASSWORD_AUDIT_WRITER  the role audit runs as (EXTRANET_PG): it may read and
+#                                 append the chain, never UPDATE, DELETE, TRUNCATE or ALTER it;
+#                                 "audit" (the owner) only migrates (EXTRANET_PG_MIGRATE)
 set -Eeuo pipefail
 
 db="${PGDATABASE:-${POSTGRES_DB:-extranet}}"
@@ -54,3 +57,29 @@ ALTER ROLE :"role" IN DATABASE :"db" SET search_path = :"role";
 SQL
     echo "db-init: role and schema $svc ($login)"
 done
+
+# The audit chain's writer: a role that does not own audit's tables, so it cannot change or
+# delete a record nor switch the immutability trigger off. Its grants on the tables are given
+# by audit's migration 002 when the tables are made, and here for tables made before it existed.
+case " $services " in
+*" audit "*)
+    pw="${EXTRANET_DB_PASSWORD_AUDIT_WRITER:-}"
+    if [ -n "$pw" ]; then login=LOGIN; else login=NOLOGIN; fi
+    "${psql[@]}" --set pw="$pw" --set db="$db" --set login="$login" <<'SQL'
+SELECT 'CREATE ROLE audit_writer'
+ WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'audit_writer') \gexec
+ALTER ROLE audit_writer WITH :login NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+SELECT format('ALTER ROLE audit_writer PASSWORD %L', :'pw') WHERE :'pw' <> '' \gexec
+GRANT CONNECT, TEMPORARY ON DATABASE :"db" TO audit_writer;
+ALTER ROLE audit_writer IN DATABASE :"db" SET search_path = audit;
+GRANT USAGE ON SCHEMA audit TO audit_writer;
+SELECT 'GRANT SELECT, INSERT ON audit.records TO audit_writer'
+ WHERE to_regclass('audit.records') IS NOT NULL \gexec
+SELECT 'GRANT SELECT, UPDATE ON audit.head TO audit_writer'
+ WHERE to_regclass('audit.head') IS NOT NULL \gexec
+SELECT 'GRANT SELECT ON audit.schema_migrations TO audit_writer'
+ WHERE to_regclass('audit.schema_migrations') IS NOT NULL \gexec
+SQL
+    echo "db-init: role audit_writer ($login)"
+    ;;
+esac

@@ -83,7 +83,7 @@ typedef struct s_svc {
      * every reconnect), so one broker name whose lookup hangs would otherwise stall the links
      * to every other broker until they miss their heartbeats. */
     void *link_ctx[MDP_MAX_BROKERS];
-    const char *broker_list, *events_pub, *pg_conninfo, *redis_url;
+    const char *broker_list, *events_pub, *pg_conninfo, *pg_migrate_conninfo, *redis_url;
     char *brokers[MDP_MAX_BROKERS];
     int nbrokers;
     long nthreads, drain_ms;
@@ -722,6 +722,8 @@ static const char s_runtime_usage[] =
     "  EXTRANET_BROKER      comma list of broker MDP endpoints (tcp://127.0.0.1:5555)\n"
     "  EXTRANET_EVENTS_PUB  comma list of broker XSUB endpoints (tcp://127.0.0.1:5556)\n"
     "  EXTRANET_PG          libpq conninfo (services with a database)\n"
+    "  EXTRANET_PG_MIGRATE  conninfo for the migrations only (default: EXTRANET_PG), so the\n"
+    "                       service can run as a role that does not own its tables\n"
     "  EXTRANET_REDIS       host:port or redis://host:port (127.0.0.1:6379)\n"
     "  EXTRANET_THREADS     handler threads, 1..256 (4)\n"
     "  EXTRANET_DRAIN_MS    how long SIGTERM waits for requests in flight (10000)\n"
@@ -731,6 +733,7 @@ static int s_config(s_svc_t *svc) {
     svc->broker_list = cfg_str("EXTRANET_BROKER", "tcp://127.0.0.1:5555");
     svc->events_pub = cfg_str("EXTRANET_EVENTS_PUB", "tcp://127.0.0.1:5556");
     svc->pg_conninfo = cfg_str("EXTRANET_PG", "");
+    svc->pg_migrate_conninfo = cfg_str("EXTRANET_PG_MIGRATE", svc->pg_conninfo);
     svc->redis_url = cfg_str("EXTRANET_REDIS", "127.0.0.1:6379");
     if (cfg_long("EXTRANET_THREADS", 4, 1, THREADS_MAX, &svc->nthreads) != 0 ||
         cfg_long("EXTRANET_DRAIN_MS", 10000, 0, 3600000, &svc->drain_ms) != 0)
@@ -977,7 +980,7 @@ int svc_main(const svc_def_t *def, int argc, char **argv) {
         goto done;
     }
     if (def->schema && def->migrations &&
-        pg_migrate(svc.pg_conninfo, def->schema, def->migrations) != 0)
+        pg_migrate(svc.pg_migrate_conninfo, def->schema, def->migrations) != 0)
         goto done;
     /* Block the stop signals before any thread exists (ZeroMQ's own included), so only
      * s_wait_signal ever takes them. */
