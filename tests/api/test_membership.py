@@ -712,6 +712,39 @@ def test_r13_revoked_or_expired_cannot_be_redeemed(api, mk, admin, mailbox, mc):
     assert states == {inv["id"]: "revoked", inv2["id"]: "expired"}
 
 
+def test_r1_r13_another_groups_invitation_cannot_be_revoked(api, mk, mailbox, mc):
+    """Revoking group B's invitation through my own group A's route, or through B's route
+    while not in B, answers exactly like a missing invitation (warm and cold cache), and B's
+    invitation stays pending."""
+    a_owner, b_owner = mk("employee"), mk("employee")
+    ga, gb = group(api, a_owner), group(api, b_owner, name="secret")
+    inv_a, _ = invite(api, a_owner, ga, "ra-%s@outside.test" % uuid.uuid4().hex[:6], mailbox)
+    inv_b, _ = invite(api, b_owner, gb, "rb-%s@outside.test" % uuid.uuid4().hex[:6], mailbox)
+
+    def revoke(gid, iid, cold):
+        path = "/groups/%s/invitations/%s" % (gid, iid)
+        if cold:
+            return cold_call(api, mc, "DELETE", path, a_owner)
+        return api.call("DELETE", path, a_owner.token)
+
+    for cold in (False, True):
+        for gid in (ga, gb):
+            missing = revoke(gid, uuid.uuid4(), cold)
+            assert err(missing) == NOT_FOUND, missing.text
+            for iid in (inv_b["id"], inv_b["id"].upper()):
+                r = revoke(gid, iid, cold)
+                assert response_shape(r) == response_shape(missing), (gid == ga, cold, r.text)
+                assert "secret" not in r.text and inv_b["id"] not in r.text.lower()
+    # No route revokes by invitation id alone.
+    r = api.call("DELETE", "/invitations/%s" % inv_b["id"], a_owner.token)
+    assert r.status_code in (404, 405), r.text
+    states = {i["id"]: i["state"] for i in
+              api.call("GET", "/groups/%s/invitations" % gb, b_owner.token).json()["invitations"]}
+    assert states == {inv_b["id"]: "pending"}
+    # The owner's own revoke still works.
+    assert revoke(ga, inv_a["id"], False).status_code == 204
+
+
 def test_r13_twenty_racing_redeems_win_once(api, mk, mailbox, mc):
     owner = mk("employee")
     g = group(api, owner)
