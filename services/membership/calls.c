@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 bool call_user_or_reply(svc_call_t *call, ukind_t *ret_kind) {
     const Extranet__Actor *a = call->req->actor;
@@ -113,7 +114,9 @@ int call_users(svc_thread_t *t, svc_call_t *call, char *const *ids, size_t n, mu
             m->display_name = arena_strdup(call->arena, u->display_name);
             m->kind = arena_strdup(call->arena, u->kind);
             m->status = arena_strdup(call->arena, u->status);
-            if (!m->id || !m->email || !m->display_name || !m->kind || !m->status) {
+            m->expires_at = arena_strdup(call->arena, u->expires_at);
+            if (!m->id || !m->email || !m->display_name || !m->kind || !m->status ||
+                !m->expires_at) {
                 protobuf_c_message_free_unpacked(rep, NULL);
                 return -ENOMEM;
             }
@@ -124,6 +127,21 @@ int call_users(svc_thread_t *t, svc_call_t *call, char *const *ids, size_t n, mu
     *ret = out;
     *ret_n = got;
     return 0;
+}
+
+bool call_account_usable(const char *status, const char *expires_at) {
+    if (!status || strcmp(status, "active") != 0)
+        return false;
+    if (!expires_at || !expires_at[0])
+        return true;
+    /* identity prints YYYY-MM-DDTHH:MI:SSZ (UTC), so the text order is the time order. If
+     * expiry's timer has not deactivated the account yet, it is still expired here. */
+    char now[32];
+    struct tm tm;
+    time_t secs = (time_t)(util_now_ms() / 1000);
+    if (!gmtime_r(&secs, &tm) || strftime(now, sizeof now, "%Y-%m-%dT%H:%M:%SZ", &tm) == 0)
+        return false; /* fail closed */
+    return strcmp(expires_at, now) > 0;
 }
 
 int call_user(svc_thread_t *t, svc_call_t *call, const char *id, muser_t **ret) {

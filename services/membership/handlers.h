@@ -64,8 +64,12 @@ void call_store_fail(svc_call_t *call, int rc, const char *conflict_msg);
 
 /* A user as identity knows it; strings in the call's arena. */
 typedef struct {
-    char *id, *email, *display_name, *kind, *status;
+    char *id, *email, *display_name, *kind, *status, *expires_at;
 } muser_t;
+/* Whether an account may still become a member: status "active" and expires_at ("" = never,
+ * RFC 3339 UTC as identity prints it) not reached. A deactivated or expired account is never
+ * added (R9: it must not regain access through a new membership). */
+bool call_account_usable(const char *status, const char *expires_at);
 /* identity.GetUsers for n ids (chunks of 500) as SYSTEM: *ret holds the ones that exist.
  * Returns 0, or -(1000+status) (UNAVAILABLE when identity did not answer); never answers. */
 int call_users(svc_thread_t *t, svc_call_t *call, char *const *ids, size_t n, muser_t **ret,

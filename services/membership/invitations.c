@@ -140,6 +140,16 @@ void invitations_create(svc_thread_t *t, svc_call_t *call) {
     if (rc == 0) {
         const Extranet__Identity__User *u = (const void *)rep;
         if (strcmp(u->kind, "extranet") != 0) {
+            /* A deactivated or expired employee is not added (R9). Inviters are employees or
+             * admins, who see every employee (R4), so saying why leaks nothing. A deactivated
+             * extranet account is not told apart from any other address: it gets the
+             * invitation mail, which it cannot redeem without signing in. */
+            if (!call_account_usable(u->status, u->expires_at)) {
+                protobuf_c_message_free_unpacked(rep, NULL);
+                svc_fail(call, EXTRANET__STATUS__CONFLICT,
+                         "the account of this address is deactivated or expired");
+                return;
+            }
             s_add_employee(t, call, req->gid, u);
             protobuf_c_message_free_unpacked(rep, NULL);
             return;

@@ -189,6 +189,12 @@ void members_add(svc_thread_t *t, svc_call_t *call) {
         return;
     }
     ukind_t tk = u ? rules_ukind_parse(u->kind) : UKIND_UNKNOWN;
+    /* A deactivated or expired account is never added (R9). To everyone but an admin it is
+     * exactly a missing id (same path, same NOT_FOUND); an admin, who sees every account, is
+     * told why (below, after the other checks). */
+    bool unusable = u && !call_account_usable(u->status, u->expires_at);
+    if (unusable && k != UKIND_ADMIN)
+        tk = UKIND_UNKNOWN;
     /* R4: a user the caller may not see does not exist for them. Whether they share a group
      * matters only for extranet targets seen by employees. */
     bool shares = false;
@@ -209,6 +215,10 @@ void members_add(svc_thread_t *t, svc_call_t *call) {
         return;
     if (!u) { /* unreachable: an unknown target is refused by the rules */
         svc_fail(call, EXTRANET__STATUS__NOT_FOUND, RULES_NOT_FOUND);
+        return;
+    }
+    if (unusable) { /* only an admin gets here */
+        svc_fail(call, EXTRANET__STATUS__CONFLICT, "the user is deactivated or expired");
         return;
     }
     s_member_ctx_t c = {req->gid, u->id, rules_role_name(new_role), u->kind, NULL};

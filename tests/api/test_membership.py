@@ -745,6 +745,38 @@ def test_r1_r13_another_groups_invitation_cannot_be_revoked(api, mk, mailbox, mc
     assert revoke(ga, inv_a["id"], False).status_code == 204
 
 
+def test_r9_deactivated_or_expired_accounts_are_never_added(api, mk, admin, mailbox, mc):
+    """A deactivated or expired account does not come back through a new membership: by id it
+    looks like a missing user to owners (R4), an admin is told why (409); invited by email, a
+    deactivated employee is refused (409), and a deactivated extranet account gets an ordinary
+    invitation, like any address it cannot be told apart from."""
+    owner = mk("employee")
+    g, shared = group(api, owner), group(api, owner)
+    gone_emp, gone_ext, expired_emp, fine = (mk("employee"), mk("extranet"), mk("employee"),
+                                             mk("employee"))
+    add(api, admin, shared, gone_ext)      # the owner sees gone_ext (a co-member)
+    for u in (gone_emp, gone_ext):
+        assert api.call("PATCH", "/admin/users/%s" % u.id, admin.token,
+                        {"status": "deactivated"}).status_code == 200
+    mc.psql("UPDATE identity.users SET expires_at = now() - interval '1 second' "
+            "WHERE id = :'id'", id=expired_emp.id)
+    ghost = User(str(uuid.uuid4()), "ghost@x.test", "employee", None)
+    missing = add(api, owner, g, ghost, expect=404)
+    for u in (gone_emp, gone_ext, expired_emp):
+        r = add(api, owner, g, u, expect=404)
+        assert response_shape(r) == response_shape(missing), (u, r.text)
+        r = add(api, admin, g, u, expect=409)
+        assert "deactivated" in r.json()["error"]["message"], r.text
+    for u in (gone_emp, expired_emp):
+        r = api.call("POST", "/groups/%s/invitations" % g, owner.token, {"email": u.email})
+        assert r.status_code == 409 and "deactivated" in r.text, (u, r.text)
+    inv, token = invite(api, owner, g, gone_ext.email, mailbox)
+    assert inv["state"] == "pending" and token
+    assert set(members(api, owner, g)) == {owner.id}
+    add(api, owner, g, fine)               # a usable account is still added
+    assert set(members(api, owner, g)) == {owner.id, fine.id}
+
+
 def test_r13_twenty_racing_redeems_win_once(api, mk, mailbox, mc):
     owner = mk("employee")
     g = group(api, owner)
