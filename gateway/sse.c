@@ -3,11 +3,14 @@
  * One mutex guards the registry and every stream's buffer and flags. A stream's memory belongs
  * to libmicrohttpd's response once sse_open() returns: the free callback unlinks it under the
  * mutex, so the event thread only ever touches linked streams, and only under the mutex; the
- * re-check's blocking call runs without the mutex and finds its stream again by serial. */
+ * re-check's blocking calls (Redis, identity) run without the mutex and find their stream again
+ * by serial. */
 #include "sse.h"
+#include "auth.h"
 #include "envelope.pb-c.h"
 #include "extranet/events.h"
 #include "extranet/log.h"
+#include "extranet/rds.h"
 #include "extranet/rpc.h"
 #include "extranet/util.h"
 #include "identity.pb-c.h"
@@ -19,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define S_CHECK_BATCH 64 /* re-checks per loop turn: events are never kept waiting long */
+#define S_CHECK_BATCH 64   /* re-checks per loop turn: events are never kept waiting long */
 #define S_CHECK_MS    2000 /* deadline of one identity.Authenticate */
 
 typedef struct sse_stream {
@@ -259,8 +262,55 @@ typedef struct {
     char token_sha256[65], user_id[40], session_id[40], client_ip[64];
 } s_due_t;
 
-/* Whether identity still confirms the stream's session as the same, usable one. */
-static bool s_session_ok(rpc_t *rpc, const s_due_t *d) {
+typedef enum { S_CONFIRMED, S_REFUSED, S_UNKNOWN } s_verdict_t;
+
+/* The session cache first, the way auth.c looks sessions up: identity deletes sess:{h} before
+ * it answers a logout, revocation or deactivation, and the entry's valid_until_ms includes the
+ * user's expires_at (R9). A cache hit also leaves the session's idle clock alone (only real
+ * requests should keep a session alive, not an open tab). S_UNKNOWN: miss, stale entry, or
+ * Redis unusable; identity decides. */
+static s_verdict_t s_cache_check(const s_due_t *d) {
+    int64_t started;
+    rds_t *r = auth_redis_acquire(&started);
+    if (!r)
+        return S_UNKNOWN;
+    redisReply *rep = rds_command(r, "HGETALL sess:%s", d->token_sha256);
+    auth_redis_release(rep != NULL, started);
+    if (!rep)
+        return S_UNKNOWN;
+    const char *user_id = NULL, *session_id = NULL, *mfa = NULL, *until = NULL;
+    if (rep->type == REDIS_REPLY_ARRAY)
+        for (size_t i = 0; i + 1 < rep->elements; i += 2) {
+            const redisReply *k = rep->element[i], *v = rep->element[i + 1];
+            if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+                continue;
+            if (!strcmp(k->str, "user_id"))
+                user_id = v->str;
+            else if (!strcmp(k->str, "session_id"))
+                session_id = v->str;
+            else if (!strcmp(k->str, "mfa_pending"))
+                mfa = v->str;
+            else if (!strcmp(k->str, "valid_until_ms"))
+                until = v->str;
+        }
+    s_verdict_t v = S_UNKNOWN;
+    if (user_id && session_id && mfa && until) {
+        char *end = NULL;
+        errno = 0;
+        long long vu = strtoll(until, &end, 10);
+        if (errno == 0 && end != until && *end == '\0' && vu > util_now_ms())
+            v = !strcmp(user_id, d->user_id) && !strcmp(session_id, d->session_id) &&
+                        !strcmp(mfa, "0")
+                    ? S_CONFIRMED
+                    : S_REFUSED;
+    }
+    freeReplyObject(rep);
+    return v;
+}
+
+/* identity.Authenticate: whether identity confirms the stream's session as the same, usable
+ * one. *ret_unreachable is set when no answer came (identity down or slow). */
+static bool s_identity_check(rpc_t *rpc, const s_due_t *d, bool *ret_unreachable) {
     Extranet__Actor actor = EXTRANET__ACTOR__INIT;
     actor.kind = EXTRANET__ACTOR_KIND__ANONYMOUS;
     actor.client_ip = (char *)d->client_ip;
@@ -268,9 +318,11 @@ static bool s_session_ok(rpc_t *rpc, const s_due_t *d) {
     areq.token_sha256 = (char *)d->token_sha256;
     ProtobufCMessage *rep = NULL;
     char err[128];
-    int rc = rpc_call(rpc, "identity.Authenticate", &actor, NULL, util_now_ms() + S_CHECK_MS,
-                      &areq.base, &extranet__identity__authenticate_reply__descriptor, &rep, err,
-                      sizeof err);
+    int rc =
+        rpc_call(rpc, "identity.Authenticate", &actor, NULL, util_now_ms() + S_CHECK_MS, &areq.base,
+                 &extranet__identity__authenticate_reply__descriptor, &rep, err, sizeof err);
+    *ret_unreachable = rc == -(1000 + EXTRANET__STATUS__UNAVAILABLE) ||
+                       rc == -(1000 + EXTRANET__STATUS__DEADLINE_EXCEEDED);
     if (rc != 0)
         return false; /* revoked, expired, or identity unreachable: fail closed */
     const Extranet__Identity__AuthenticateReply *ar = (const void *)rep;
@@ -281,8 +333,12 @@ static bool s_session_ok(rpc_t *rpc, const s_due_t *d) {
     return ok;
 }
 
-/* Re-checks the streams whose turn came, and sends the pings that are due. */
-static void s_recheck(rpc_t *rpc) {
+/* Re-checks the streams whose turn came, and sends the pings that are due. Events are drained
+ * between checks, so a session.revoked never waits behind a batch of re-checks. Once identity
+ * gave no answer, the rest of the batch that the cache cannot confirm closes without asking
+ * (fail closed), so an unreachable identity ends every stream within one re-check period
+ * instead of one 2 s deadline per stream. */
+static void s_recheck(rpc_t *rpc, ev_sub_t *sub) {
     s_due_t due[S_CHECK_BATCH];
     int n = 0;
     int64_t now = util_mono_ms();
@@ -305,9 +361,18 @@ static void s_recheck(rpc_t *rpc) {
         }
     }
     pthread_mutex_unlock(&s.mu);
+    bool identity_down = false;
     for (int i = 0; i < n && !__atomic_load_n(&s.stop, __ATOMIC_RELAXED); i++) {
-        if (s_session_ok(rpc, &due[i]))
+        s_drain_events(sub);
+        s_verdict_t v = s_cache_check(&due[i]);
+        if (v == S_CONFIRMED)
             continue;
+        if (v == S_UNKNOWN && !identity_down) {
+            bool unreachable = false;
+            if (s_identity_check(rpc, &due[i], &unreachable))
+                continue;
+            identity_down = unreachable;
+        }
         pthread_mutex_lock(&s.mu);
         for (sse_stream_t *st = s.head; st; st = st->next)
             if (st->serial == due[i].serial)
@@ -342,7 +407,7 @@ static void *s_run(void *arg) {
         }
         if (rc > 0)
             s_drain_events(sub);
-        s_recheck(rpc);
+        s_recheck(rpc, sub);
     }
     ev_sub_destroy(&sub);
     rpc_destroy(&rpc);
@@ -386,7 +451,9 @@ void sse_fini(void) {
     pthread_mutex_unlock(&s.mu);
     if (started) {
         __atomic_store_n(&s.stop, true, __ATOMIC_RELAXED);
-        pthread_join(s.thread, NULL);
+        int err = pthread_join(s.thread, NULL);
+        if (err != 0)
+            log_error("streams: cannot join their thread: %s", strerror(err));
     }
     free(s.brokers);
     free(s.events);

@@ -3,22 +3,23 @@
  * nothing to send, so an open stream holds no thread. One thread of its own subscribes to the
  * broker's events (membership.changed, session.revoked), authorizes every event for each
  * stream's own user at send time, closes a stream at once when its session is revoked, and
- * re-checks every open stream's session with identity.Authenticate at least every
- * SSE_RECHECK_MS (closing it when that fails in any way), so a lost event still closes a
- * removed, deactivated, expired or logged-out user's stream within 15 s. */
+ * re-checks every open stream's session at least every SSE_RECHECK_MS (the Redis sess:{h} entry
+ * like auth.c, identity.Authenticate when that is missing; closing it when neither confirms
+ * it), so a lost event still closes a removed, deactivated, expired or logged-out user's stream
+ * within 15 s. */
 #ifndef GW_SSE_H
 #define GW_SSE_H
 #include "extranet/common.h"
 #include "request.h"
 #include <microhttpd.h>
 
-#define SSE_RECHECK_MS 10000 /* session re-check of every open stream */
-#define SSE_PING_MS    15000 /* ": ping" comment so proxies keep the stream open */
+#define SSE_RECHECK_MS 10000       /* session re-check of every open stream */
+#define SSE_PING_MS    15000       /* ": ping" comment so proxies keep the stream open */
 #define SSE_MAX_BUFFER (64 * 1024) /* a reader this far behind is closed (slow consumer) */
 
 /* Starts the event thread: events from the comma list `events` (the brokers' XPUB), session
- * re-checks through `brokers`. zctx is borrowed and must outlive sse_fini(). At most
- * max_streams open at once. Returns 0 or -errno (logged). */
+ * re-checks through auth.c's Redis connection (auth_init() first) and `brokers`. zctx is borrowed
+ * and must outlive sse_fini(). At most max_streams open at once. Returns 0 or -errno (logged). */
 int sse_init(void *zctx, const char *brokers, const char *events, long max_streams) WUR;
 
 /* Refuses new streams, ends every open one (each sends its end and completes), so no

@@ -3,8 +3,10 @@ events reach only the user they are about, a revoked session's stream ends at on
 whose session can no longer be confirmed ends within 15 s even without an event, hundreds of
 open streams hold no thread (other requests still answer at once), and the cap answers 503."""
 
+import hashlib
 import json
 import queue
+import signal
 import socket
 import threading
 import time
@@ -14,6 +16,7 @@ import pytest
 import requests
 
 from conftest import ADMIN_EMAIL, ADMIN_PASSWORD
+from test_gateway_auth import extranet_user, identity, pb  # noqa: F401 (fixtures)
 
 PASSWORD = "Stream-User-Passw0rd-1"
 
@@ -21,6 +24,10 @@ PASSWORD = "Stream-User-Passw0rd-1"
 def call(api_url, method, path, token=None, body=None, timeout=30):
     headers = {"Authorization": "Bearer " + token} if token else {}
     return requests.request(method, api_url + path, json=body, headers=headers, timeout=timeout)
+
+
+def sess_key(token):
+    return "sess:" + hashlib.sha256(token.encode()).hexdigest()
 
 
 def login(api_url, email, password):
@@ -153,6 +160,20 @@ def test_stream_needs_a_session(api_url):
     assert r.status_code == 401
 
 
+def test_r10_mfa_pending_session_gets_no_stream(cluster, api_url, extranet_user):  # noqa: F811
+    r = call(api_url, "POST", "/auth/login", body=extranet_user)
+    assert r.status_code == 200, r.text
+    assert r.json()["mfa_enrollment_required"] is True
+    tok = r.json()["token"]
+    for drop_cache in (False, True):  # the Redis hit and the identity.Authenticate path
+        if drop_cache:
+            cluster.redis_command("DEL", sess_key(tok))
+        r = requests.get(api_url + "/stream", headers={"Authorization": "Bearer " + tok},
+                         timeout=10)
+        assert r.status_code == 403, r.text
+        assert r.json()["error"]["code"] == "mfa_enrollment_required"
+
+
 def test_r14_stream_opens_with_the_right_headers(api_url, employee):
     uid, tok = employee()
     s = Stream(api_url, tok)
@@ -162,6 +183,7 @@ def test_r14_stream_opens_with_the_right_headers(api_url, employee):
         assert s.headers["Cache-Control"] == "private, no-store"
         assert s.headers["Transfer-Encoding"] == "chunked"
         assert len(s.headers["X-Request-Id"]) == 36
+        assert s.headers["X-Accel-Buffering"] == "no"
         assert s.expect_event("ready") == {"user_id": uid}
     finally:
         s.close()
@@ -219,19 +241,29 @@ def test_r14_deactivation_ends_the_stream(api_url, admin, employee):
 
 
 def test_r14_stream_ends_within_15s_without_an_event(cluster, api_url, employee):
-    """The session ends with no event at all (as if session.revoked were lost: its row goes
-    straight from PostgreSQL): the gateway's periodic re-check must end the stream."""
+    """The session ends with no event at all: what identity does on a revocation (its row
+    goes from PostgreSQL, its sess:{h} entry from Redis) but as if session.revoked were lost.
+    The gateway's periodic re-check must end the stream. Meanwhile a stream whose cache entry
+    alone went (a plain cache miss, the session still valid) is confirmed by identity and
+    stays open: the re-check fails closed, not on every miss."""
     uid, tok = employee()
-    s = Stream(api_url, tok)
+    _, keep_tok = employee()
+    s, keep = Stream(api_url, tok), Stream(api_url, keep_tok)
     try:
         s.expect_event("ready")
+        keep.expect_event("ready")
+        assert cluster.redis_command("DEL", sess_key(keep_tok)) in (0, 1)
         cluster.psql("DELETE FROM identity.sessions WHERE user_id = :'u'", u=uid)
+        assert cluster.redis_command("DEL", sess_key(tok)) in (0, 1)
         t0 = time.monotonic()
         s.quiet_for(0.5)  # no event announced it
         s.expect_end(16)
         assert time.monotonic() - t0 < 16
+        keep.quiet_for(1.0)  # re-checked in the same round, and still open
+        assert call(api_url, "GET", "/me", keep_tok).status_code == 200
     finally:
         s.close()
+        keep.close()
 
 
 def _raw_stream(host, port, token):
@@ -269,7 +301,10 @@ def test_hundreds_of_open_streams_hold_no_thread(cluster, api_url, base_url, emp
             c.close()
 
 
-def test_stream_cap_answers_503(cluster, api_url, employee):
+def test_stream_cap_answers_503_and_sigterm_ends_every_stream(cluster, api_url, employee):
+    """A gateway of its own with EXTRANET_MAX_STREAMS=2: the third stream is refused with the
+    JSON error; then SIGTERM with both streams open ends them and the gateway exits cleanly
+    (libmicrohttpd would abort on a connection still suspended at MHD_stop_daemon)."""
     _, tok = employee()
     cluster.stop_service("gateway")
     cluster.start_service("gateway", env={"EXTRANET_MAX_STREAMS": "2"})
@@ -282,8 +317,16 @@ def test_stream_cap_answers_503(cluster, api_url, employee):
                          timeout=10)
         assert r.status_code == 503, r.text
         assert r.json()["error"]["code"] == "unavailable"
+        assert len(r.headers["X-Request-Id"]) == 36
+        t0 = time.monotonic()
+        cluster.kill_service("gateway", signal.SIGTERM)
+        assert cluster.procs["gateway"].popen.returncode == 0
+        for s in streams:
+            s.expect_end(5)
+        assert time.monotonic() - t0 < 5
     finally:
         for s in streams:
             s.close()
-        cluster.stop_service("gateway")
+        if cluster.procs["gateway"].running():
+            cluster.stop_service("gateway")
         cluster.start_service("gateway", env={"EXTRANET_MAX_STREAMS": "1000"})
