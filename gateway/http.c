@@ -49,6 +49,19 @@ typedef struct {
     const char *content_type; /* default application/json */
 } s_extra_t;
 
+/* The headers every response carries, streams included: X-Request-Id, Cache-Control, Vary,
+ * Content-Type, CORS. True when all were added. */
+static bool s_add_common_headers(const gw_req_t *req, struct MHD_Response *resp,
+                                 const char *content_type) {
+    bool ok = MHD_add_response_header(resp, "X-Request-Id", req->request_id) == MHD_YES &&
+              MHD_add_response_header(resp, "Cache-Control", "private, no-store") == MHD_YES &&
+              MHD_add_response_header(resp, "Vary", "Authorization, Origin") == MHD_YES &&
+              MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, content_type) == MHD_YES;
+    if (ok && req->origin)
+        ok = cors_add_headers(resp, req->origin) == 0;
+    return ok;
+}
+
 /* Queues status + body (malloc'd, stolen; may be NULL for no body) with the headers every
  * response carries: X-Request-Id, Content-Type, Cache-Control, Vary, CORS. */
 static enum MHD_Result s_queue(gw_req_t *req, const char *method, int status, char *body,
@@ -60,14 +73,8 @@ static enum MHD_Result s_queue(gw_req_t *req, const char *method, int status, ch
         free(body);
         return MHD_NO;
     }
-    int ok = MHD_add_response_header(resp, "X-Request-Id", req->request_id) == MHD_YES &&
-             MHD_add_response_header(resp, "Cache-Control", "private, no-store") == MHD_YES &&
-             MHD_add_response_header(resp, "Vary", "Authorization, Origin") == MHD_YES &&
-             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-                                     x && x->content_type ? x->content_type : "application/json") ==
-                 MHD_YES;
-    if (ok && req->origin)
-        ok = cors_add_headers(resp, req->origin) == 0;
+    int ok = s_add_common_headers(
+        req, resp, x && x->content_type ? x->content_type : "application/json");
     if (ok && x && x->preflight && req->origin)
         ok = cors_add_preflight(resp, x->preflight) == 0;
     if (ok && x && x->allow)
@@ -503,14 +510,8 @@ static enum MHD_Result s_stream(gw_req_t *req, const char *method) {
         return s_status_error(req, method,
                               full ? EXTRANET__STATUS__UNAVAILABLE : EXTRANET__STATUS__INTERNAL,
                               full ? "too many open streams" : "out of memory", 0);
-    int ok = MHD_add_response_header(resp, "X-Request-Id", req->request_id) == MHD_YES &&
-             MHD_add_response_header(resp, "Cache-Control", "private, no-store") == MHD_YES &&
-             MHD_add_response_header(resp, "Vary", "Authorization, Origin") == MHD_YES &&
-             MHD_add_response_header(resp, "X-Accel-Buffering", "no") == MHD_YES &&
-             MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE,
-                                     "text/event-stream; charset=utf-8") == MHD_YES;
-    if (ok && req->origin)
-        ok = cors_add_headers(resp, req->origin) == 0;
+    bool ok = s_add_common_headers(req, resp, "text/event-stream; charset=utf-8") &&
+              MHD_add_response_header(resp, "X-Accel-Buffering", "no") == MHD_YES;
     enum MHD_Result rc = ok ? MHD_queue_response(req->conn, MHD_HTTP_OK, resp) : MHD_NO;
     MHD_destroy_response(resp); /* the stream lives on in the queued response */
     req->state = GW_REQ_ANSWERED;
