@@ -1,7 +1,9 @@
-/* Session lookup: Authorization header -> sha256 hex -> Redis HGETALL sess:{h} (per-thread
- * connection) -> actor, or a miss that the loop resolves with identity.Authenticate.
- * Redis failing is always a miss, never an allow (DESIGN.md §5). */
+/* Session lookup: Authorization header -> sha256 hex -> Redis sess:{h} (and, on a group route,
+ * mem:{user}) through the isolation library (extranet/iso.h; per-thread connection) -> actor,
+ * or a miss that the loop resolves with identity.Authenticate. Redis failing is always a miss,
+ * never an allow (DESIGN.md §5). */
 #include "auth.h"
+#include "extranet/iso.h"
 #include "extranet/log.h"
 #include "extranet/rds.h"
 #include "extranet/util.h"
@@ -15,7 +17,10 @@
 
 #define S_MAX_TOKEN 512
 
+#define S_HINT_SLOTS 16384 /* sessions whose user this process remembers (~1.6 MB) */
+
 static char *s_redis_url;
+static iso_hints_t *s_hints;
 static pthread_key_t s_key;
 static bool s_key_ok;
 
@@ -26,9 +31,9 @@ static void s_rds_free(void *p) {
 
 int auth_init(const char *redis_url) {
     s_redis_url = strdup(redis_url);
-    if (!s_redis_url)
-        return -ENOMEM;
-    if (pthread_key_create(&s_key, s_rds_free) != 0) {
+    s_hints = iso_hints_new(S_HINT_SLOTS);
+    if (!s_redis_url || !s_hints || pthread_key_create(&s_key, s_rds_free) != 0) {
+        iso_hints_destroy(&s_hints);
         free(s_redis_url);
         s_redis_url = NULL;
         return -ENOMEM;
@@ -45,6 +50,7 @@ void auth_fini(void) {
         pthread_key_delete(s_key);
         s_key_ok = false;
     }
+    iso_hints_destroy(&s_hints);
     free(s_redis_url);
     s_redis_url = NULL;
 }
@@ -171,15 +177,6 @@ static Extranet__Status s_apply(gw_req_t *req, const char *user_id, const char *
     return EXTRANET__STATUS__OK;
 }
 
-/* Session and group membership in one round trip (DESIGN.md §5): the session hash, then, when
- * it names a user, that user's role in the group ARGV[1] from membership's mem:{user} cache
- * ({"_" marker, role}; nil when the entry is not cached). */
-static const char s_session_member_lua[] =
-    "local s = redis.call('HGETALL', KEYS[1]) "
-    "for i = 1, #s, 2 do if s[i] == 'user_id' then "
-    "return {s, redis.call('HMGET', 'mem:' .. s[i + 1], '_', ARGV[1])} end end "
-    "return {s, false}";
-
 /* The route's {gid} parameter when it holds a uuid (a group-scoped route), else NULL. */
 static const char *s_route_gid(const gw_req_t *req) {
     for (int i = 0; i < req->match.nparams; i++)
@@ -188,73 +185,40 @@ static const char *s_route_gid(const gw_req_t *req) {
     return NULL;
 }
 
-/* A cached "not a member" from mem:{user}: the entry exists ("_" is set) and has no role for the
- * group. Only a deny is taken from here; a role still goes to the service, which re-checks. */
-static bool s_cached_non_member(const redisReply *m) {
-    return m && m->type == REDIS_REPLY_ARRAY && m->elements == 2 &&
-           m->element[0]->type == REDIS_REPLY_STRING && m->element[1]->type == REDIS_REPLY_NIL;
-}
-
 int auth_cache_lookup(gw_req_t *req) {
     int64_t started;
     rds_t *r = auth_redis_acquire(&started);
     if (!r)
         return 0;
+    /* Session and membership in one round trip (iso.h): two pipelined HMGETs once this
+     * process has seen the session's user, a Lua script the first time. */
     const char *gid = s_route_gid(req);
-    redisReply *top = NULL, *rep;
-    const redisReply *mem = NULL;
-    if (gid) {
-        top = rds_command(r, "EVAL %s 1 sess:%s %s", s_session_member_lua, req->token_sha256, gid);
-        rep =
-            (top && top->type == REDIS_REPLY_ARRAY && top->elements == 2) ? top->element[0] : NULL;
-        mem = rep ? top->element[1] : NULL;
-    } else {
-        top = rep = rds_command(r, "HGETALL sess:%s", req->token_sha256);
+    char hint[37];
+    bool hinted = gid && iso_hints_get(s_hints, req->token_sha256, hint);
+    iso_lookup_t l;
+    int rc = iso_lookup(r, req->token_sha256, hinted ? hint : NULL, gid, &l);
+    auth_redis_release(rc == 0, started);
+    if (rc != 0)
+        return 0;
+    if (!l.session_found) {
+        iso_hints_drop(s_hints, req->token_sha256);
+        return 0; /* identity decides */
     }
-    auth_redis_release(top != NULL, started);
-    if (!rep) {
-        if (top)
-            freeReplyObject(top);
+    if (!hinted || strcmp(hint, l.session.user_id) != 0)
+        iso_hints_put(s_hints, req->token_sha256, l.session.user_id);
+    s_apply(req, l.session.user_id, l.session.kind, l.session.session_id, l.session.mfa_pending,
+            l.session.valid_until_ms);
+    if (req->status == EXTRANET__STATUS__UNAUTHENTICATED) {
+        req_set_result(req, EXTRANET__STATUS__OK, "%s", "");
         return 0;
     }
-    const char *user_id = NULL, *kind = NULL, *session_id = NULL, *mfa = NULL, *until = NULL;
-    if (rep->type == REDIS_REPLY_ARRAY) {
-        for (size_t i = 0; i + 1 < rep->elements; i += 2) {
-            const redisReply *k = rep->element[i], *v = rep->element[i + 1];
-            if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
-                continue;
-            if (strcmp(k->str, "user_id") == 0)
-                user_id = v->str;
-            else if (strcmp(k->str, "kind") == 0)
-                kind = v->str;
-            else if (strcmp(k->str, "session_id") == 0)
-                session_id = v->str;
-            else if (strcmp(k->str, "mfa_pending") == 0)
-                mfa = v->str;
-            else if (strcmp(k->str, "valid_until_ms") == 0)
-                until = v->str;
-        }
-    }
-    int hit = 0;
-    if (user_id && kind && session_id && mfa && until) {
-        char *end = NULL;
-        errno = 0;
-        long long vu = strtoll(until, &end, 10);
-        /* An entry past its validity may be stale either way: identity decides (a miss). */
-        if (errno == 0 && end != until && *end == '\0' && vu > util_now_ms()) {
-            s_apply(req, user_id, kind, session_id, strcmp(mfa, "1") == 0, vu);
-            hit = req->status == EXTRANET__STATUS__UNAUTHENTICATED ? 0 : 1;
-            if (!hit)
-                req_set_result(req, EXTRANET__STATUS__OK, "%s", "");
-            /* R1 fast path: a group the cache says the caller is not in answers exactly like a
-             * missing one, without a trip to the service (admins see every group). */
-            else if (req->status == EXTRANET__STATUS__OK &&
-                     req->actor.kind != EXTRANET__ACTOR_KIND__ADMIN && s_cached_non_member(mem))
-                req_set_result(req, EXTRANET__STATUS__NOT_FOUND, "not found");
-        }
-    }
-    freeReplyObject(top);
-    return hit;
+    /* R1 fast path: a group the cache says the caller is not in answers exactly like a missing
+     * one, without a trip to the service (admins see every group). Only a deny is taken from
+     * the cache here; a role still goes to the service, which checks again. */
+    if (req->status == EXTRANET__STATUS__OK && req->actor.kind != EXTRANET__ACTOR_KIND__ADMIN &&
+        l.group == ISO_GROUP_OUTSIDE)
+        req_set_result(req, EXTRANET__STATUS__NOT_FOUND, "not found");
+    return 1;
 }
 
 Extranet__Status auth_apply_reply(gw_req_t *req, const Extranet__Identity__AuthenticateReply *ar) {

@@ -9,6 +9,7 @@
 #include "auth.h"
 #include "envelope.pb-c.h"
 #include "extranet/events.h"
+#include "extranet/iso.h"
 #include "extranet/log.h"
 #include "extranet/rds.h"
 #include "extranet/rpc.h"
@@ -274,38 +275,15 @@ static s_verdict_t s_cache_check(const s_due_t *d) {
     rds_t *r = auth_redis_acquire(&started);
     if (!r)
         return S_UNKNOWN;
-    redisReply *rep = rds_command(r, "HGETALL sess:%s", d->token_sha256);
-    auth_redis_release(rep != NULL, started);
-    if (!rep)
+    iso_lookup_t l;
+    int rc = iso_lookup(r, d->token_sha256, NULL, NULL, &l);
+    auth_redis_release(rc == 0, started);
+    if (rc != 0 || !l.session_found)
         return S_UNKNOWN;
-    const char *user_id = NULL, *session_id = NULL, *mfa = NULL, *until = NULL;
-    if (rep->type == REDIS_REPLY_ARRAY)
-        for (size_t i = 0; i + 1 < rep->elements; i += 2) {
-            const redisReply *k = rep->element[i], *v = rep->element[i + 1];
-            if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
-                continue;
-            if (!strcmp(k->str, "user_id"))
-                user_id = v->str;
-            else if (!strcmp(k->str, "session_id"))
-                session_id = v->str;
-            else if (!strcmp(k->str, "mfa_pending"))
-                mfa = v->str;
-            else if (!strcmp(k->str, "valid_until_ms"))
-                until = v->str;
-        }
-    s_verdict_t v = S_UNKNOWN;
-    if (user_id && session_id && mfa && until) {
-        char *end = NULL;
-        errno = 0;
-        long long vu = strtoll(until, &end, 10);
-        if (errno == 0 && end != until && *end == '\0' && vu > util_now_ms())
-            v = !strcmp(user_id, d->user_id) && !strcmp(session_id, d->session_id) &&
-                        !strcmp(mfa, "0")
-                    ? S_CONFIRMED
-                    : S_REFUSED;
-    }
-    freeReplyObject(rep);
-    return v;
+    return !strcmp(l.session.user_id, d->user_id) && !strcmp(l.session.session_id, d->session_id) &&
+                   !l.session.mfa_pending
+               ? S_CONFIRMED
+               : S_REFUSED;
 }
 
 /* identity.Authenticate: whether identity confirms the stream's session as the same, usable

@@ -6,9 +6,9 @@
 #include "audit.pb-c.h"
 #include "chain.h"
 #include "extranet/audit.h"
+#include "extranet/iso.h"
 #include "extranet/log.h"
 #include "extranet/util.h"
-#include "membership.pb-c.h"
 #include "store.h"
 
 #include <errno.h>
@@ -241,8 +241,9 @@ static void s_query(svc_thread_t *t, svc_call_t *call) {
 }
 
 /* May the caller read group gid's records? Admins and SYSTEM: yes. Anyone else must be the
- * group's owner per membership.Check (asked as SYSTEM, a base service's read call); every other
- * answer, a malformed gid included, replies NOT_FOUND exactly like a missing group (R1). */
+ * group's owner per the runtime's check library (iso_role: mem:{user} when this copy has
+ * Redis, else membership.Check as SYSTEM); every other answer, a malformed gid included,
+ * replies NOT_FOUND exactly like a missing group (R1). */
 static bool s_group_reader_or_reply(svc_thread_t *t, svc_call_t *call, const char *gid) {
     const Extranet__Actor *a = call->req->actor;
     if (!util_uuid_valid(gid)) {
@@ -255,34 +256,21 @@ static bool s_group_reader_or_reply(svc_thread_t *t, svc_call_t *call, const cha
         svc_fail(call, EXTRANET__STATUS__NOT_FOUND, NOT_FOUND_MSG);
         return false;
     }
-    Extranet__Actor sys = EXTRANET__ACTOR__INIT;
-    sys.kind = EXTRANET__ACTOR_KIND__SYSTEM;
-    Extranet__Membership__CheckRequest req = EXTRANET__MEMBERSHIP__CHECK_REQUEST__INIT;
-    req.user_id = a->user_id;
-    req.group_id = (char *)gid;
     /* The nested call gets the caller's remaining time minus a margin to answer in. */
     int64_t left = svc_call_remaining_ms(call) - 200;
     if (left < 100)
         left = 100;
-    ProtobufCMessage *rep = NULL;
-    char err[160] = "";
-    int rc =
-        rpc_call(t->rpc, "membership.Check", &sys, call->req->request_id, util_now_ms() + left,
-                 &req.base, &extranet__membership__check_reply__descriptor, &rep, err, sizeof err);
-    if (rc == ERR_STATUS(EXTRANET__STATUS__NOT_FOUND)) {
-        svc_fail(call, EXTRANET__STATUS__NOT_FOUND, NOT_FOUND_MSG);
-        return false;
-    }
-    if (rc != 0) {
-        log_warn("membership.Check failed (%d: %s)", rc, err);
+    iso_role_t role = ISO_ROLE_NONE;
+    if (iso_role(t->redis, t->rpc, call->req->request_id, util_now_ms() + left, a->user_id, gid,
+                 &role) != 0) {
         svc_fail(call, EXTRANET__STATUS__UNAVAILABLE, "membership unavailable, try again");
         return false;
     }
-    bool owner = strcmp(((Extranet__Membership__CheckReply *)rep)->role, "owner") == 0;
-    protobuf_c_message_free_unpacked(rep, NULL);
-    if (!owner)
+    if (role != ISO_ROLE_OWNER) {
         svc_fail(call, EXTRANET__STATUS__NOT_FOUND, NOT_FOUND_MSG);
-    return owner;
+        return false;
+    }
+    return true;
 }
 
 static void s_query_group(svc_thread_t *t, svc_call_t *call) {

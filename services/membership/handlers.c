@@ -40,6 +40,7 @@ const svc_method_t membership_methods[] = {
     M("UpdateMember", members_update, extranet__membership__update_member_request),
     M("RemoveMember", members_remove, extranet__membership__member_request),
     M("Check", members_check, extranet__membership__check_request),
+    M("GroupsOf", members_groups_of, extranet__membership__groups_of_request),
     M("Invite", invitations_create, extranet__membership__invite_request),
     M("ListInvitations", invitations_list, extranet__membership__group_id_request),
     M("RevokeInvitation", invitations_revoke, extranet__membership__invitation_id_request),

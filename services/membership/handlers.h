@@ -30,6 +30,7 @@ void members_add(svc_thread_t *t, svc_call_t *call);
 void members_update(svc_thread_t *t, svc_call_t *call);
 void members_remove(svc_thread_t *t, svc_call_t *call);
 void members_check(svc_thread_t *t, svc_call_t *call);
+void members_groups_of(svc_thread_t *t, svc_call_t *call);
 /* invitations.c */
 void invitations_create(svc_thread_t *t, svc_call_t *call);
 void invitations_list(svc_thread_t *t, svc_call_t *call);

@@ -353,12 +353,14 @@ void members_check(svc_thread_t *t, svc_call_t *call) {
                  "not allowed");
         return;
     }
-    if (!util_uuid_valid(req->user_id) || !util_uuid_valid(req->group_id)) {
+    /* Lower-cased: the cache key must be the one every invalidation deletes. */
+    char user[37], gid[37];
+    if (!util_uuid_lower(req->user_id, user) || !util_uuid_lower(req->group_id, gid)) {
         svc_fail(call, EXTRANET__STATUS__NOT_FOUND, RULES_NOT_FOUND);
         return;
     }
     mrole_t role = ROLE_NONE;
-    int rc = mcache_role(t, call->arena, req->user_id, req->group_id, &role);
+    int rc = mcache_role(t, call->arena, user, gid, &role);
     if (rc != 0) {
         call_store_fail(call, rc, NULL);
         return;
@@ -369,5 +371,45 @@ void members_check(svc_thread_t *t, svc_call_t *call) {
     }
     Extranet__Membership__CheckReply reply = EXTRANET__MEMBERSHIP__CHECK_REPLY__INIT;
     reply.role = (char *)rules_role_name(role);
+    svc_reply_ok(call, &reply.base);
+}
+
+void members_groups_of(svc_thread_t *t, svc_call_t *call) {
+    const Extranet__Membership__GroupsOfRequest *req = (const void *)call->msg;
+    const Extranet__Actor *a = call->req->actor;
+    if (!a || a->kind != EXTRANET__ACTOR_KIND__SYSTEM) {
+        svc_fail(call,
+                 a && a->user_id && a->user_id[0] ? EXTRANET__STATUS__FORBIDDEN
+                                                  : EXTRANET__STATUS__UNAUTHENTICATED,
+                 "not allowed");
+        return;
+    }
+    Extranet__Membership__GroupsOfReply reply = EXTRANET__MEMBERSHIP__GROUPS_OF_REPLY__INIT;
+    char user[37]; /* lower-cased: the cache key every invalidation deletes */
+    if (!util_uuid_lower(req->user_id, user)) {
+        svc_reply_ok(call, &reply.base); /* nobody: no groups */
+        return;
+    }
+    store_grole_t *rows = NULL;
+    size_t n = 0;
+    int rc = mcache_groups(t, call->arena, user, &rows, &n);
+    if (rc != 0) {
+        call_store_fail(call, rc, NULL);
+        return;
+    }
+    Extranet__Membership__GroupRole *items = arena_alloc(call->arena, (n + 1) * sizeof *items);
+    Extranet__Membership__GroupRole **ptrs = arena_alloc(call->arena, (n + 1) * sizeof *ptrs);
+    if (!items || !ptrs) {
+        svc_fail(call, EXTRANET__STATUS__INTERNAL, "out of memory");
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        extranet__membership__group_role__init(&items[i]);
+        items[i].group_id = rows[i].group_id;
+        items[i].role = rows[i].role;
+        ptrs[i] = &items[i];
+    }
+    reply.n_groups = n;
+    reply.groups = ptrs;
     svc_reply_ok(call, &reply.base);
 }

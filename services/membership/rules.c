@@ -8,19 +8,12 @@
 #define FAIL_V(st, msg) ((rules_verdict_t){EXTRANET__STATUS__##st, (msg)})
 #define HIDDEN_V        FAIL_V(NOT_FOUND, RULES_NOT_FOUND)
 
-static const char *const s_roles[] = {"", "member", "moderator", "owner"};
-
 bool rules_role_parse(const char *s, mrole_t *ret) {
-    for (int r = ROLE_MEMBER; s && r <= ROLE_OWNER; r++)
-        if (strcmp(s, s_roles[r]) == 0) {
-            *ret = (mrole_t)r;
-            return true;
-        }
-    return false;
+    return iso_role_parse(s, ret);
 }
 
 const char *rules_role_name(mrole_t r) {
-    return (r >= ROLE_NONE && r <= ROLE_OWNER) ? s_roles[r] : "";
+    return iso_role_name(r);
 }
 
 ukind_t rules_ukind_parse(const char *s) {

@@ -4,11 +4,17 @@
 #ifndef MEMBERSHIP_RULES_H
 #define MEMBERSHIP_RULES_H
 #include "envelope.pb-c.h"
+#include "extranet/iso.h"
 #include <stdbool.h>
 #include <stddef.h>
 
-/* A role in a group; ROLE_NONE = not a member. Ordered by power. */
-typedef enum { ROLE_NONE = 0, ROLE_MEMBER, ROLE_MODERATOR, ROLE_OWNER } mrole_t;
+/* A role in a group (the isolation library's, extranet/iso.h); ROLE_NONE = not a member.
+ * Ordered by power. */
+typedef iso_role_t mrole_t;
+#define ROLE_NONE      ISO_ROLE_NONE
+#define ROLE_MEMBER    ISO_ROLE_MEMBER
+#define ROLE_MODERATOR ISO_ROLE_MODERATOR
+#define ROLE_OWNER     ISO_ROLE_OWNER
 /* The kind of a user (the target of a change), as identity reports it. */
 typedef enum { UKIND_UNKNOWN = 0, UKIND_ADMIN, UKIND_EMPLOYEE, UKIND_EXTRANET } ukind_t;
 typedef enum { GKIND_INTERNAL = 0, GKIND_EXTRANET } gkind_t;

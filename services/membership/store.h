@@ -6,6 +6,7 @@
 #define MEMBERSHIP_STORE_H
 #include "extranet/arena.h"
 #include "extranet/common.h"
+#include "extranet/iso.h"
 #include "extranet/pg.h"
 #include "membership.pb-c.h"
 #include <stdbool.h>
@@ -33,9 +34,7 @@ int store_group_archive(pg_t *pg, const char *gid) WUR;
 /* --- members --- */
 /* user's role in gid ("" and -ENOENT when not a member), new in the arena. */
 int store_role(pg_t *pg, arena_t *a, const char *gid, const char *user_id, char **ret_role) WUR;
-typedef struct {
-    char *group_id, *role;
-} store_grole_t;
+typedef iso_grole_t store_grole_t; /* {group_id, role}, what the mem:{user} fill writes */
 /* Every (group, role) of user_id (for the mem:{user} cache fill). */
 int store_roles_of(pg_t *pg, arena_t *a, const char *user_id, store_grole_t **ret,
                    size_t *ret_n) WUR;

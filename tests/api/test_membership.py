@@ -1108,6 +1108,53 @@ def test_r9_internal_check_follows_removal(api, mk, admin, mc, pb):
         assert st == "NOT_FOUND"
 
 
+def test_r4_groups_of_lists_the_users_groups_and_follows_removal(api, mk, admin, mc, pb):
+    """membership.GroupsOf, the isolation library's "which groups may A see" (iso_groups):
+    every group with the role, cold (mem:{user} dropped: read from PostgreSQL and filled) and
+    warm (from the fill) alike; an archived group still listed; a removal gone on the next
+    call; nobody's groups for unknown or malformed ids; only services may ask."""
+    _, mp = pb
+    emp, other = mk("employee"), mk("employee")
+    g_own = group(api, emp, kind="internal")
+    g_mem = group(api, other, kind="internal")
+    g_arch = group(api, other, kind="internal")
+    g_none = group(api, other, kind="internal")
+    add(api, other, g_mem, emp)
+    add(api, other, g_arch, emp, role="moderator")
+    assert api.call("DELETE", "/groups/%s" % g_arch, other.token).status_code == 204
+
+    def groups_of(uid, **actor):
+        st, rep = mdp_call(mc, pb, "membership.GroupsOf", mp.GroupsOfRequest(user_id=uid),
+                           **actor)
+        if st != "OK":
+            return st
+        gr = mp.GroupsOfReply()
+        gr.ParseFromString(rep.payload)
+        return {x.group_id: x.role for x in gr.groups}
+
+    want = {g_own: "owner", g_mem: "member", g_arch: "moderator"}
+    mc.redis_command("DEL", "mem:" + emp.id)
+    assert groups_of(emp.id) == want                      # cold: PostgreSQL
+    assert mc.redis_command("HGET", "mem:" + emp.id, "_") == "1"   # and filled
+    assert groups_of(emp.id) == want                      # warm: the fill
+    assert groups_of(emp.id.upper()) == want              # the same (lower-case) cache key
+    st, rep = mdp_call(mc, pb, "membership.Check",
+                       mp.CheckRequest(user_id=emp.id.upper(), group_id=g_own.upper()))
+    assert st == "OK"
+    assert mc.redis_command("EXISTS", "mem:" + emp.id.upper()) == 0
+    assert g_none not in groups_of(emp.id)
+    assert api.call("DELETE", "/groups/%s/members/%s" % (g_mem, emp.id),
+                    other.token).status_code == 204
+    want.pop(g_mem)
+    assert groups_of(emp.id) == want
+    mc.redis_command("DEL", "mem:" + emp.id)
+    assert groups_of(emp.id) == want
+    for nobody in (str(uuid.uuid4()), "nope", ""):
+        assert groups_of(nobody) == {}
+    assert groups_of(emp.id, kind="EMPLOYEE", user_id=emp.id,
+                     session_id=str(uuid.uuid4())) == "FORBIDDEN"
+
+
 def test_r9_removal_publishes_membership_changed(api, mk, admin, mc, pb):
     import zmq
     env, mp = pb

@@ -10,6 +10,7 @@
 
 #include "extranet/rds.h"
 #include "extranet/util.h"
+#include "lib/redis_server.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -27,21 +28,13 @@
 #include <unistd.h>
 
 static int s_closed_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    assert_true(fd >= 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a, sizeof a), 0);
-    socklen_t len = sizeof a;
-    assert_int_equal(getsockname(fd, (struct sockaddr *)&a, &len), 0);
-    close(fd);
-    return ntohs(a.sin_port);
+    int port = redis_server_free_port();
+    assert_true(port > 0);
+    return port;
 }
 
 static void s_sleep_ms(int ms) {
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-    }
+    redis_server_sleep_ms(ms);
 }
 
 static void test_rds_closed_port(void **state) {
@@ -86,57 +79,13 @@ static int s_redis_port;
 
 static int s_start_redis(void **state) {
     (void)state;
-    s_redis_port = s_closed_port();
-    char port[16];
-    snprintf(port, sizeof port, "%d", s_redis_port);
-    pid_t pid = fork();
-    if (pid < 0)
-        return 0;
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL); /* never outlive the test */
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0) {
-            dup2(devnull, 1);
-            dup2(devnull, 2);
-        }
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1",
-               "--save", "", "--appendonly", "no", (char *)NULL);
-        _exit(127);
-    }
-    s_redis_pid = pid;
-    /* poll until it answers, with a deadline; never a fixed sleep */
-    char url[64];
-    snprintf(url, sizeof url, "127.0.0.1:%d", s_redis_port);
-    int64_t deadline = util_mono_ms() + 5000;
-    while (util_mono_ms() < deadline) {
-        int st;
-        if (waitpid(pid, &st, WNOHANG) == pid) { /* not installed or failed */
-            s_redis_pid = -1;
-            return 0;
-        }
-        rds_t *r = rds_new(url);
-        redisReply *rep = r ? rds_command(r, "PING") : NULL;
-        bool up = rep != NULL;
-        if (rep)
-            freeReplyObject(rep);
-        rds_destroy(&r);
-        if (up)
-            return 0;
-        s_sleep_ms(20);
-    }
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
-    s_redis_pid = -1;
+    s_redis_pid = redis_server_start(&s_redis_port);
     return 0;
 }
 
 static int s_stop_redis(void **state) {
     (void)state;
-    if (s_redis_pid > 0) {
-        kill(s_redis_pid, SIGCONT);
-        kill(s_redis_pid, SIGTERM);
-        waitpid(s_redis_pid, NULL, 0);
-    }
+    redis_server_stop(s_redis_pid);
     return 0;
 }
 

@@ -38,6 +38,18 @@ static void test_uuid_valid_accepts(void **state) {
     assert_true(util_uuid_valid("123E4567-E89B-12D3-A456-426614174000"));
 }
 
+static void test_uuid_lower(void **state) {
+    (void)state;
+    char out[37] = "x";
+    assert_true(util_uuid_lower("123E4567-E89B-12D3-A456-426614174ABC", out));
+    assert_string_equal(out, "123e4567-e89b-12d3-a456-426614174abc");
+    assert_true(util_uuid_lower("123e4567-e89b-12d3-a456-426614174abc", out));
+    assert_string_equal(out, "123e4567-e89b-12d3-a456-426614174abc");
+    assert_false(util_uuid_lower("123E4567-E89B-12D3-A456-42661417ABC", out));
+    assert_string_equal(out, "");
+    assert_false(util_uuid_lower(NULL, out));
+}
+
 static void test_uuid_valid_rejects(void **state) {
     (void)state;
     assert_false(util_uuid_valid(NULL));
@@ -123,7 +135,7 @@ static void test_clocks(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_uuid_v4_format), cmocka_unit_test(test_uuid_valid_accepts),
-        cmocka_unit_test(test_uuid_valid_rejects), cmocka_unit_test(test_hex),
+        cmocka_unit_test(test_uuid_valid_rejects), cmocka_unit_test(test_uuid_lower), cmocka_unit_test(test_hex),
         cmocka_unit_test(test_split_basic), cmocka_unit_test(test_split_edges),
         cmocka_unit_test(test_clocks),
     };

@@ -66,6 +66,15 @@ bool util_uuid_valid(const char *s) {
     return s[36] == '\0';
 }
 
+bool util_uuid_lower(const char *s, char out[37]) {
+    out[0] = '\0';
+    if (!util_uuid_valid(s))
+        return false;
+    for (int i = 0; i < 37; i++)
+        out[i] = (s[i] >= 'A' && s[i] <= 'F') ? (char)(s[i] - 'A' + 'a') : s[i];
+    return true;
+}
+
 void util_hex(const uint8_t *in, size_t len, char *out) {
     static const char hexd[] = "0123456789abcdef";
     for (size_t i = 0; i < len; i++) {
