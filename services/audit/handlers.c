@@ -461,54 +461,85 @@ static const char *s_check(const Extranet__Audit__Record *r, int64_t want_seq,
     return NULL;
 }
 
-static void s_verify(svc_thread_t *t, svc_call_t *call) {
-    if (!s_actor_is(call, true))
-        return;
-    Extranet__Audit__VerifyReply reply = EXTRANET__AUDIT__VERIFY_REPLY__INIT;
-    uint8_t head[CHAIN_HASH_LEN], prev[CHAIN_HASH_LEN] = {0}, hash[CHAIN_HASH_LEN];
-    int64_t head_seq = 0, want = 1;
-    char why[160];
-    const char *bad = NULL;
-    /* The head first: every record up to it was committed with it, so appends running
-     * meanwhile (beyond the head) are simply not part of this check. */
-    int rc = audit_store_head_get(t->pg, &head_seq, head);
-    arena_t *scratch = rc == 0 ? arena_new((size_t)64 * 1024 * 1024) : NULL;
-    if (rc != 0 || !scratch) {
-        arena_destroy(&scratch);
-        s_db_failed(call, rc ? rc : -ENOMEM);
-        return;
-    }
+/* Recomputes records 1..head_seq in chunks inside the caller's snapshot; *ret_bad (NULL = the
+ * chain holds) with *ret_want its seq, *ret_checked the records that held, prev the last
+ * good hash. Returns 0 or a store error. */
+static int s_verify_chain(pg_t *pg, arena_t *scratch, int64_t head_seq,
+                          uint8_t prev[CHAIN_HASH_LEN], const char **ret_bad, int64_t *ret_want,
+                          int64_t *ret_checked, char *why, size_t whylen) {
     audit_filter_t all = {"", "", "", "", "", "", "", ""};
+    uint8_t hash[CHAIN_HASH_LEN];
+    int64_t want = 1;
+    const char *bad = NULL;
+    int rc = 0;
     while (!bad && want <= head_seq) {
         Extranet__Audit__Record **recs = NULL;
         size_t n = 0;
         arena_reset(scratch);
-        rc = audit_store_query(t->pg, scratch, &all, want - 1, head_seq, VERIFY_CHUNK, &recs, &n);
+        rc = audit_store_query(pg, scratch, &all, want - 1, head_seq, VERIFY_CHUNK, &recs, &n);
         if (rc != 0)
             break;
         if (n == 0) {
-            snprintf(why, sizeof why, "records %" PRId64 "..%" PRId64 " are missing", want,
-                     head_seq);
+            snprintf(why, whylen, "records %" PRId64 "..%" PRId64 " are missing", want, head_seq);
             bad = why;
             break;
         }
         for (size_t i = 0; i < n && !bad; i++) {
-            bad = s_check(recs[i], want, prev, hash, why, sizeof why);
+            bad = s_check(recs[i], want, prev, hash, why, whylen);
             if (!bad) {
                 memcpy(prev, hash, CHAIN_HASH_LEN);
-                reply.checked++;
+                (*ret_checked)++;
                 want++;
             }
         }
     }
+    *ret_bad = bad;
+    *ret_want = want;
+    return rc;
+}
+
+static void s_verify(svc_thread_t *t, svc_call_t *call) {
+    if (!s_actor_is(call, true))
+        return;
+    Extranet__Audit__VerifyReply reply = EXTRANET__AUDIT__VERIFY_REPLY__INIT;
+    uint8_t head[CHAIN_HASH_LEN], prev[CHAIN_HASH_LEN] = {0};
+    int64_t head_seq = 0, want = 1, beyond = 0;
+    char why[160];
+    const char *bad = NULL;
+    arena_t *scratch = arena_new((size_t)64 * 1024 * 1024);
+    if (!scratch) {
+        s_db_failed(call, -ENOMEM);
+        return;
+    }
+    /* One snapshot for the head and every chunk: an append moves the head in the same
+     * transaction as its inserts, so in this snapshot every stored record is at or below the
+     * head, and a row beyond it was not appended by audit: it is tampering, not an append
+     * running meanwhile. Chunks read separately could also each see a different chain. */
+    int rc = pg_begin_snapshot(t->pg);
+    if (rc == 0)
+        rc = audit_store_head_get(t->pg, &head_seq, head);
+    if (rc == 0)
+        rc = s_verify_chain(t->pg, scratch, head_seq, prev, &bad, &want, &reply.checked, why,
+                            sizeof why);
+    if (rc == 0 && !bad && sodium_memcmp(prev, head, CHAIN_HASH_LEN) != 0) {
+        bad = "the chain head does not match the last record";
+        want = head_seq;
+    }
+    if (rc == 0 && !bad && (rc = audit_store_first_beyond(t->pg, head_seq, &beyond)) == 0 &&
+        beyond > 0) {
+        snprintf(why, sizeof why, "record %" PRId64 " is beyond the chain head (seq %" PRId64 ")",
+                 beyond, head_seq);
+        bad = why;
+        want = beyond;
+    }
+    if (rc == 0)
+        rc = pg_commit(t->pg); /* read only: ends the snapshot */
+    else
+        pg_rollback(t->pg);
     arena_destroy(&scratch);
     if (rc != 0) {
         s_db_failed(call, rc);
         return;
-    }
-    if (!bad && sodium_memcmp(prev, head, CHAIN_HASH_LEN) != 0) {
-        bad = "the chain head does not match the last record";
-        want = head_seq;
     }
     char head_hex[2 * CHAIN_HASH_LEN + 1];
     sodium_bin2hex(head_hex, sizeof head_hex, head, CHAIN_HASH_LEN);

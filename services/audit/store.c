@@ -18,6 +18,7 @@ const pg_stmt_t audit_statements[] = {
     {"head_lock", "SELECT seq, encode(hash, 'hex') AS hash FROM head WHERE id FOR UPDATE", 0},
     {"head_get", "SELECT seq, encode(hash, 'hex') AS hash FROM head WHERE id", 0},
     {"head_set", "UPDATE head SET seq = $1::bigint, hash = decode($2, 'hex') WHERE id", 2},
+    {"beyond_head", "SELECT seq FROM records WHERE seq > $1::bigint ORDER BY seq LIMIT 1", 1},
     {"existing",
      "SELECT event_id::text AS event_id FROM records WHERE event_id = ANY ($1::uuid[])", 1},
     {"insert",
@@ -77,6 +78,21 @@ int audit_store_head_set(pg_t *pg, int64_t seq, const uint8_t hash[CHAIN_HASH_LE
     sodium_bin2hex(h, sizeof h, hash, CHAIN_HASH_LEN);
     const char *p[2] = {s, h};
     return pg_exec(pg, "head_set", p, NULL);
+}
+
+int audit_store_first_beyond(pg_t *pg, int64_t seq, int64_t *ret_seq) {
+    *ret_seq = 0;
+    char s[24];
+    snprintf(s, sizeof s, "%" PRId64, seq);
+    const char *p[1] = {s};
+    PGresult *res = NULL;
+    int rc = pg_exec(pg, "beyond_head", p, &res);
+    if (rc != 0)
+        return rc;
+    if (PQntuples(res) == 1)
+        *ret_seq = pg_col_i64(res, 0, "seq");
+    PQclear(res);
+    return 0;
 }
 
 int audit_store_existing(pg_t *pg, arena_t *a, const char *ids_array, char ***ret_ids,

@@ -19,6 +19,8 @@ int audit_store_head_lock(pg_t *pg, int64_t *ret_seq, uint8_t ret_hash[CHAIN_HAS
 /* Reads the head without locking. */
 int audit_store_head_get(pg_t *pg, int64_t *ret_seq, uint8_t ret_hash[CHAIN_HASH_LEN]) WUR;
 int audit_store_head_set(pg_t *pg, int64_t seq, const uint8_t hash[CHAIN_HASH_LEN]) WUR;
+/* The lowest seq stored beyond seq into *ret_seq, 0 when there is none. */
+int audit_store_first_beyond(pg_t *pg, int64_t seq, int64_t *ret_seq) WUR;
 /* Which of the ids (a "{uuid,...}" literal) are already in the chain: *ret_ids (arena) of
  * *ret_n strings. */
 int audit_store_existing(pg_t *pg, arena_t *a, const char *ids_array, char ***ret_ids,

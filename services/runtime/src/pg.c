@@ -279,7 +279,8 @@ static PGresult *s_exec_simple(pg_t *self, const char *sql) {
     return PQexec(self->conn, sql);
 }
 
-int pg_begin(pg_t *self) {
+/* BEGIN (sql: a fixed BEGIN command): reconnects once when the connection was lost. */
+static int s_begin(pg_t *self, const char *sql) {
     if (!self)
         return -EINVAL;
     if (self->in_tx) {
@@ -293,7 +294,7 @@ int pg_begin(pg_t *self) {
             return -EIO;
     }
     for (;;) {
-        PGresult *res = s_exec_simple(self, "BEGIN");
+        PGresult *res = s_exec_simple(self, sql);
         if (PQresultStatus(res) == PGRES_COMMAND_OK) {
             PQclear(res);
             self->in_tx = true;
@@ -309,6 +310,14 @@ int pg_begin(pg_t *self) {
         s_log_conn_error("BEGIN", self->conn);
         return -EIO;
     }
+}
+
+int pg_begin(pg_t *self) {
+    return s_begin(self, "BEGIN");
+}
+
+int pg_begin_snapshot(pg_t *self) {
+    return s_begin(self, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
 }
 
 int pg_commit(pg_t *self) {

@@ -35,6 +35,9 @@ int pg_exec_row(pg_t *self, const char *name, const char *const *params, bool ne
                 PGresult **ret_res) WUR;
 
 int pg_begin(pg_t *self) WUR;
+/* A read-only transaction on one snapshot (REPEATABLE READ READ ONLY): every statement until
+ * pg_commit/pg_rollback sees the database as of its first statement, and none may write. */
+int pg_begin_snapshot(pg_t *self) WUR;
 int pg_commit(pg_t *self) WUR;
 void pg_rollback(pg_t *self);   /* best effort; safe outside a transaction */
 
