@@ -8,6 +8,7 @@ Runs its own cluster with the login rate limits raised (it signs in many users) 
 policy for extranet users switched off (R10 is identity's test; here externals must act)."""
 
 import concurrent.futures
+import hashlib
 import os
 import random
 import re
@@ -587,6 +588,242 @@ def test_r9_paused_redis_never_keeps_a_removed_member(api, mk, admin, mc):
         assert time.monotonic() < deadline, "stale membership survived in Redis"
         time.sleep(0.1)
     assert err(api.call("GET", "/groups/%s" % g, ext.token)) == NOT_FOUND
+
+
+def err_or_none(r):
+    """err(r) for a well-formed error body, else None (for load threads, which must record
+    a malformed answer rather than die on an assertion)."""
+    try:
+        return err(r)
+    except (AssertionError, ValueError, AttributeError, TypeError):
+        return None
+
+
+def test_r9_race_no_request_succeeds_after_deactivation_returned(api, mk, admin, mc):
+    """Eight clients hammer GET /groups/{gid} and GET /groups/{gid}/members as an extranet
+    member while a flusher keeps deleting the member's mem:{user} and sess:{sha256(token)}
+    entries (so the gateway keeps asking identity.Authenticate, which refills sess:{h} under
+    its lease, and membership refills mem:{user}) and an admin deactivates the member
+    (PATCH /admin/users/{id} status=deactivated). Once the deactivation returned, not one
+    request started after it may succeed: its sessions are revoked in PostgreSQL and sess:{h}
+    deleted before it answers, and a refill that read PostgreSQL before the commit must not
+    write the session back. The flusher stops when the deactivation returns, so a stale
+    entry written back would survive and be seen. A fresh user every round (a deactivated
+    user stays deactivated)."""
+    owner = mk("employee")
+    g = group(api, owner)
+    lock = threading.Lock()
+    counts = {"ok": 0, "401": 0, "404": 0, "other": 0}
+    others, late = [], []
+    for round_ in range(6):
+        ext = mk("extranet")
+        add(api, admin, g, ext)
+        sess_key = "sess:" + hashlib.sha256(ext.token.encode()).hexdigest()
+        assert api.call("GET", "/groups/%s" % g, ext.token).status_code == 200
+        assert mc.redis_command("EXISTS", sess_key) == 1   # the key the flusher deletes
+        stop, deactivated = threading.Event(), threading.Event()
+        deactivated_at = [None]
+        ok_before = counts["ok"]
+
+        def hammer(i):
+            s = Api(mc.base_url)
+            n = i
+            while not stop.is_set():
+                path = "/groups/%s" % g if n % 2 == 0 else "/groups/%s/members" % g
+                n += 1
+                started = time.monotonic()
+                try:
+                    r = s.call("GET", path, ext.token)
+                except requests.RequestException as e:
+                    with lock:
+                        counts["other"] += 1
+                        others.append((round_, path, "no answer", repr(e)[:200]))
+                    continue
+                with lock:
+                    if r.status_code == 200:
+                        counts["ok"] += 1
+                        if deactivated_at[0] is not None and started > deactivated_at[0]:
+                            late.append((round_, path, round(started - deactivated_at[0], 4)))
+                    elif r.status_code in (401, 404):
+                        counts[str(r.status_code)] += 1
+                    else:
+                        counts["other"] += 1
+                        others.append((round_, path, r.status_code, r.text[:200]))
+
+        def flusher():
+            # mem:{user} every time, sess:{h} every third time: refills of both race the
+            # deactivation, and sess:{h} is still cached most of the time, so the cache-hit
+            # path must be revoked too (by identity's delete, not by this flusher).
+            n = 0
+            while not deactivated.is_set():
+                if n % 3 == 0:
+                    mc.redis_command("DEL", "mem:" + ext.id, sess_key)
+                else:
+                    mc.redis_command("DEL", "mem:" + ext.id)
+                n += 1
+                time.sleep(0.002)
+
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)] + \
+            [threading.Thread(target=flusher)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(0.4)
+            r = api.call("PATCH", "/admin/users/" + ext.id, admin.token,
+                         {"status": "deactivated"})
+            assert r.status_code == 200 and r.json()["status"] == "deactivated", r.text
+            deactivated_at[0] = time.monotonic()
+            deactivated.set()
+            time.sleep(0.6)
+        finally:
+            deactivated.set()
+            stop.set()
+            for t in threads:
+                t.join()
+        assert not late, (counts, late[:10])
+        assert counts["ok"] > ok_before, (round_, "no 200 at all before the deactivation", counts)
+        # nothing brought the revoked session back into the cache
+        assert mc.redis_command("EXISTS", sess_key) == 0, (round_, "sess:{h} written back")
+        r = api.call("GET", "/groups/%s" % g, ext.token)
+        assert r.status_code == 401, (round_, r.status_code, r.text)
+    assert counts["ok"] > 0 and counts["401"] + counts["404"] > 0, counts
+    assert counts["other"] == 0, (counts, others[:5])
+    assert not late, (counts, late[:10])
+
+
+def test_r9_redis_stopped_mid_run_under_load_answers_stay_correct(api, mk, admin, mc):
+    """Threads keep asking GET /groups/{G} as (a) a member, who must always get 200, (b) an
+    extranet user outside G (in a group of their own, so they have a mem:{user} entry), who
+    must always get 404 with exactly the body of a missing id (and does get it for one), and
+    (c) a member removed partway through. Redis is stopped mid-run, the removal happens while
+    it is down (204 or 503: both mean committed), and Redis is started again; the load goes on
+    throughout. Reads with Redis down fall back to PostgreSQL (membership and gateway
+    READMEs), so no 503 is allowed for anyone's read, never a 200 for the outsider, and never
+    a 200 for the removed member on a request started after the removal returned."""
+    owner, member, outsider, leaver = mk("employee"), mk("extranet"), mk("extranet"), \
+        mk("extranet")
+    g, other = group(api, owner), group(api, owner, name="other")
+    add(api, admin, g, member)
+    add(api, admin, g, leaver)
+    add(api, admin, other, outsider)
+    for who in (member, leaver):
+        assert api.call("GET", "/groups/%s" % g, who.token).status_code == 200
+    missing = err(api.call("GET", "/groups/%s" % uuid.uuid4(), outsider.token))
+    assert missing == NOT_FOUND
+    lock = threading.Lock()
+    counts = {}
+    bad = []
+    stop = threading.Event()
+    removing_at, removed_at = [None], [None]
+    phase = ["redis up"]
+
+    def note(who, what, r, started, path):
+        key = (who, phase[0], r.status_code)
+        with lock:
+            counts[key] = counts.get(key, 0) + 1
+            if what:
+                bad.append((who, phase[0], what, path, r.status_code, r.text[:160],
+                            None if removed_at[0] is None
+                            else round(started - removed_at[0], 4)))
+
+    def get(s, who, gid, token, path):
+        """The answer, or None (recorded as bad) when there was none at all."""
+        started = time.monotonic()
+        try:
+            return s.call("GET", "/groups/%s" % gid, token), started
+        except requests.RequestException as e:
+            with lock:
+                counts[(who, phase[0], "no answer")] = \
+                    counts.get((who, phase[0], "no answer"), 0) + 1
+                bad.append((who, phase[0], "no answer", path, repr(e)[:160]))
+            return None, started
+
+    def as_member():
+        s = Api(mc.base_url)
+        while not stop.is_set():
+            r, started = get(s, "member", g, member.token, "G")
+            if r is not None:
+                note("member", None if r.status_code == 200 else "member not 200", r, started,
+                     "G")
+
+    def as_outsider():
+        s = Api(mc.base_url)
+        n = 0
+        while not stop.is_set():
+            # alternately G and a missing id: both must be the same NOT_FOUND
+            gid = g if n % 2 == 0 else str(uuid.uuid4())
+            n += 1
+            path = "G" if gid == g else "missing"
+            r, started = get(s, "outsider", gid, outsider.token, path)
+            if r is not None:
+                ok = r.status_code == 404 and err_or_none(r) == missing
+                note("outsider", None if ok else "outsider not the missing-id 404", r, started,
+                     path)
+
+    def as_leaver():
+        s = Api(mc.base_url)
+        while not stop.is_set():
+            r, started = get(s, "leaver", g, leaver.token, "G")
+            if r is None:
+                continue
+            after = removed_at[0] is not None and started > removed_at[0]
+            # answered before the removal was even sent: still a member
+            before = removing_at[0] is None or time.monotonic() < removing_at[0]
+            if r.status_code == 200:
+                what = "200 after the removal returned" if after else None
+            elif r.status_code == 404:
+                what = "404 before the removal" if before else \
+                    None if err_or_none(r) == NOT_FOUND else "404 with another body"
+            else:
+                what = "neither 200 nor 404"
+            note("leaver", what, r, started, "G")
+
+    threads = [threading.Thread(target=f) for f in (as_member, as_outsider, as_leaver)
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    redis_stopped = False
+    removal = None
+    try:
+        time.sleep(0.7)
+        phase[0] = "redis stopping"
+        mc.stop_service("redis")
+        redis_stopped = True
+        phase[0] = "redis down"
+        time.sleep(1.0)
+        removing_at[0] = time.monotonic()
+        r = api.call("DELETE", "/groups/%s/members/%s" % (g, leaver.id), owner.token)
+        removal = r.status_code
+        assert r.status_code in (204, 503), r.text
+        removed_at[0] = time.monotonic()
+        phase[0] = "redis down, removed"
+        time.sleep(1.5)
+        phase[0] = "redis starting"
+        mc.start_service("redis")
+        redis_stopped = False
+        phase[0] = "redis up again"
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+        if redis_stopped:
+            mc.start_service("redis")
+    summary = sorted(counts.items())
+    seen = {(who, st) for (who, _, st) in counts}
+    assert not bad, (removal, summary, bad[:10])
+    assert ("member", 200) in seen and ("outsider", 404) in seen, summary
+    assert ("leaver", 200) in seen and ("leaver", 404) in seen, summary
+    # Each kind of caller was really served while Redis was down, not only around it.
+    for who in ("member", "outsider", "leaver"):
+        assert any(k[0] == who and k[1].startswith("redis down") for k in counts), summary
+    assert err(api.call("GET", "/groups/%s" % g, leaver.token)) == NOT_FOUND
+    assert leaver.id not in members(api, owner, g)
+    assert api.call("GET", "/groups/%s" % g, member.token).status_code == 200
+    deadline = time.monotonic() + 10
+    while mc.psql("SELECT count(*) FROM membership.pending_invalidations")[0][0] != "0":
+        assert time.monotonic() < deadline, "pending invalidations never drained"
+        time.sleep(0.2)
 
 
 # ------------------------------------------------------------------------------------ R13
