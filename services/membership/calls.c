@@ -8,6 +8,8 @@
 #include "handlers.h"
 #include "store.h"
 #include <errno.h>
+#include <jansson.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
@@ -70,6 +72,39 @@ int call_audit(svc_thread_t *t, svc_call_t *call, const char *action, const char
                const char *target_id, const char *gid, const char *details) {
     return audit_record(t->pg, call->req->actor, action, target_type, target_id, gid, "ok",
                         call->req->request_id, details);
+}
+
+void call_audit_denied(svc_thread_t *t, svc_call_t *call, const char *action,
+                       const char *target_type, const char *target_id, const char *gid,
+                       const char *reason) {
+    /* Ids as the producers write them (lower-case uuids); anything else the caller typed is
+     * not a target that can exist and is left out rather than copied into the log. */
+    char tid[37] = "", g[37] = "";
+    if (target_id && !util_uuid_lower(target_id, tid))
+        tid[0] = '\0';
+    if (gid && !util_uuid_lower(gid, g))
+        g[0] = '\0';
+    json_t *o = json_pack("{s:s}", "reason", reason ? reason : "not allowed");
+    char *details = o ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    int rc = -ENOMEM;
+    /* Its own transaction: the refused action never ran, but its record must commit. */
+    if (details && (rc = pg_begin(t->pg)) == 0 &&
+        (rc = audit_record(t->pg, call->req->actor, action, target_type, tid, g, "denied",
+                           call->req->request_id, details)) == 0)
+        rc = pg_commit(t->pg);
+    if (rc != 0) {
+        pg_rollback(t->pg);
+        log_error("audit record %s (denied) not written (%d)", action, rc);
+    }
+    free(details);
+}
+
+bool call_verdict_or_deny(svc_thread_t *t, svc_call_t *call, rules_verdict_t v, const char *action,
+                          const char *target_type, const char *target_id, const char *gid) {
+    if (v.status == EXTRANET__STATUS__FORBIDDEN)
+        call_audit_denied(t, call, action, target_type, target_id, gid, v.message);
+    return call_verdict_or_reply(call, v);
 }
 
 int call_identity(svc_thread_t *t, svc_call_t *call, const char *method,
@@ -178,11 +213,21 @@ int call_after_change(svc_thread_t *t, const char *gid, char *const *users,
     return rc;
 }
 
-Extranet__Membership__Group *call_group_or_reply(svc_thread_t *t, svc_call_t *call, const char *gid,
-                                                 ukind_t *ret_kind, mrole_t *ret_role) {
+/* call_group_or_reply; with deny_action, a signed-in caller refused because the group is
+ * hidden from them (or missing: the two are one answer, R1) leaves the denied record of that
+ * attempt, without group_id: the group's owner reads records by group_id and must not learn
+ * who probed their group. The target is the group id they tried. */
+static Extranet__Membership__Group *s_group_or_reply(svc_thread_t *t, svc_call_t *call,
+                                                     const char *gid, const char *deny_action,
+                                                     ukind_t *ret_kind, mrole_t *ret_role) {
     if (!call_user_or_reply(call, ret_kind) || !call_gid_or_reply(call, gid) ||
-        !call_role_or_reply(t, call, gid, ret_role) ||
-        !call_verdict_or_reply(call, rules_group_view(*ret_kind, *ret_role)))
+        !call_role_or_reply(t, call, gid, ret_role))
+        return NULL;
+    rules_verdict_t v = rules_group_view(*ret_kind, *ret_role);
+    if (v.status != EXTRANET__STATUS__OK && deny_action)
+        call_audit_denied(t, call, deny_action, "group", gid, NULL,
+                          "the group does not exist or is not visible to the caller");
+    if (!call_verdict_or_reply(call, v))
         return NULL;
     Extranet__Membership__Group *g = NULL;
     int rc = store_group_get(t->pg, call->arena, gid, call->req->actor->user_id, &g);
@@ -191,4 +236,15 @@ Extranet__Membership__Group *call_group_or_reply(svc_thread_t *t, svc_call_t *ca
         return NULL;
     }
     return g;
+}
+
+Extranet__Membership__Group *call_group_or_reply(svc_thread_t *t, svc_call_t *call, const char *gid,
+                                                 ukind_t *ret_kind, mrole_t *ret_role) {
+    return s_group_or_reply(t, call, gid, NULL, ret_kind, ret_role);
+}
+
+Extranet__Membership__Group *call_group_for_change_or_reply(svc_thread_t *t, svc_call_t *call,
+                                                            const char *gid, const char *action,
+                                                            ukind_t *ret_kind, mrole_t *ret_role) {
+    return s_group_or_reply(t, call, gid, action, ret_kind, ret_role);
 }

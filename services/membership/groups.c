@@ -11,7 +11,8 @@ void groups_create(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__CreateGroupRequest *in = (const void *)call->msg;
     ukind_t k;
     gkind_t gk;
-    if (!call_user_or_reply(call, &k) || !call_verdict_or_reply(call, rules_group_create(k)))
+    if (!call_user_or_reply(call, &k) ||
+        !call_verdict_or_deny(t, call, rules_group_create(k), "group.created", "group", NULL, NULL))
         return;
     Extranet__Membership__CreateGroupRequest req = *in;
     if (!req.task_visibility[0])
@@ -100,8 +101,10 @@ void groups_update(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__UpdateGroupRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
-    if (!g || !call_verdict_or_reply(call, rules_group_settings(k, role, g->archived)))
+    Extranet__Membership__Group *g =
+        call_group_for_change_or_reply(t, call, req->gid, "group.updated", &k, &role);
+    if (!g || !call_verdict_or_deny(t, call, rules_group_settings(k, role, g->archived),
+                                    "group.updated", "group", req->gid, req->gid))
         return;
     const char *err = NULL;
     if (req->name[0])
@@ -141,9 +144,11 @@ void groups_archive(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__GroupIdRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
+    Extranet__Membership__Group *g =
+        call_group_for_change_or_reply(t, call, req->gid, "group.archived", &k, &role);
     /* Archiving twice is fine (idempotent DELETE). */
-    if (!g || !call_verdict_or_reply(call, rules_group_settings(k, role, false)))
+    if (!g || !call_verdict_or_deny(t, call, rules_group_settings(k, role, false), "group.archived",
+                                    "group", req->gid, req->gid))
         return;
     int rc;
     if ((rc = pg_begin(t->pg)) != 0 || (rc = store_group_archive(t->pg, req->gid)) != 0 ||

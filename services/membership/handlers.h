@@ -59,6 +59,12 @@ bool call_role_or_reply(svc_thread_t *t, svc_call_t *call, const char *gid, mrol
  * answering (NOT_FOUND when hidden or missing, exactly alike). */
 Extranet__Membership__Group *call_group_or_reply(svc_thread_t *t, svc_call_t *call, const char *gid,
                                                  ukind_t *ret_kind, mrole_t *ret_role);
+/* call_group_or_reply for a handler that changes something (`action`, the audit action it
+ * would write): a signed-in caller the group is hidden from (or who names a missing uuid) also
+ * leaves a `denied` record of action (call_audit_denied: target group gid, no group_id). */
+Extranet__Membership__Group *call_group_for_change_or_reply(svc_thread_t *t, svc_call_t *call,
+                                                            const char *gid, const char *action,
+                                                            ukind_t *ret_kind, mrole_t *ret_role);
 /* Answers a store error: -ENOENT NOT_FOUND "not found", -EEXIST CONFLICT (conflict_msg),
  * -EAGAIN UNAVAILABLE, else INTERNAL (logged). */
 void call_store_fail(svc_call_t *call, int rc, const char *conflict_msg);
@@ -87,6 +93,19 @@ int call_identity(svc_thread_t *t, svc_call_t *call, const char *method,
  * "{}"). Returns audit_record's code; the caller rolls back on failure. */
 int call_audit(svc_thread_t *t, svc_call_t *call, const char *action, const char *target_type,
                const char *target_id, const char *gid, const char *details) WUR;
+/* R11 for refusals: writes and commits, in a transaction of its own (none may be open), one
+ * record of the attempted `action` with outcome "denied" and details {"reason": reason} (a
+ * static text safe to show, never an email or secret). target_id and gid go in only when they
+ * are uuids (lower-cased); pass gid NULL when the caller cannot see the group. A failure is
+ * logged; the refusal is answered either way. */
+void call_audit_denied(svc_thread_t *t, svc_call_t *call, const char *action,
+                       const char *target_type, const char *target_id, const char *gid,
+                       const char *reason);
+/* call_verdict_or_reply for a change: a FORBIDDEN verdict (a caller who sees the group but
+ * lacks the right) also leaves the denied record of action (gid included). Other refusals
+ * (CONFLICT, INVALID, NOT_FOUND of a target) leave none. true when OK. */
+bool call_verdict_or_deny(svc_thread_t *t, svc_call_t *call, rules_verdict_t v, const char *action,
+                          const char *target_type, const char *target_id, const char *gid);
 
 /* After a commit that queued pending invalidations for users[0..n) (versions[i] from
  * store_pending_add): deletes their mem:{user} entries (and the pending rows at those versions),

@@ -118,11 +118,13 @@ void invitations_create(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__InviteRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
+    Extranet__Membership__Group *g =
+        call_group_for_change_or_reply(t, call, req->gid, "invitation.created", &k, &role);
     if (!g)
         return;
     gkind_t gk = strcmp(g->kind, "extranet") == 0 ? GKIND_EXTRANET : GKIND_INTERNAL;
-    if (!call_verdict_or_reply(call, rules_invite(k, role, gk, g->archived)))
+    if (!call_verdict_or_deny(t, call, rules_invite(k, role, gk, g->archived), "invitation.created",
+                              "group", req->gid, req->gid))
         return;
     const char *err = rules_email_check(req->email);
     if (err) {
@@ -230,8 +232,9 @@ void invitations_revoke(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__InvitationIdRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role;
-    if (!call_group_or_reply(t, call, req->gid, &k, &role) ||
-        !call_verdict_or_reply(call, rules_invitations_manage(k, role)) ||
+    if (!call_group_for_change_or_reply(t, call, req->gid, "invitation.revoked", &k, &role) ||
+        !call_verdict_or_deny(t, call, rules_invitations_manage(k, role), "invitation.revoked",
+                              "invitation", req->id, req->gid) ||
         !call_gid_or_reply(call, req->id))
         return;
     /* An invitation of another group is not found here, whoever asks. */

@@ -171,7 +171,8 @@ void members_add(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__AddMemberRequest *req = (const void *)call->msg;
     ukind_t k;
     mrole_t role, target_role = ROLE_NONE, new_role = ROLE_MEMBER;
-    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
+    Extranet__Membership__Group *g =
+        call_group_for_change_or_reply(t, call, req->gid, "member.added", &k, &role);
     if (!g)
         return;
     if (req->role[0] && !rules_role_parse(req->role, &new_role)) {
@@ -210,8 +211,11 @@ void members_add(svc_thread_t *t, svc_call_t *call) {
         call_store_fail(call, rc, NULL);
         return;
     }
-    if (!call_verdict_or_reply(
-            call, rules_member_add(k, role, s_gkind(g), g->archived, tk, target_role, new_role)))
+    /* A refusal names the target only when the caller may see it (R4: the group's owner
+     * reads the record and must not learn ids the caller could not see either). */
+    if (!call_verdict_or_deny(
+            t, call, rules_member_add(k, role, s_gkind(g), g->archived, tk, target_role, new_role),
+            "member.added", "user", tk != UKIND_UNKNOWN ? req->user_id : NULL, req->gid))
         return;
     if (!u) { /* unreachable: an unknown target is refused by the rules */
         svc_fail(call, EXTRANET__STATUS__NOT_FOUND, RULES_NOT_FOUND);
@@ -238,8 +242,13 @@ void members_add(svc_thread_t *t, svc_call_t *call) {
 void members_update(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__UpdateMemberRequest *req = (const void *)call->msg;
     ukind_t k;
-    mrole_t role, target_role = ROLE_NONE, new_role = ROLE_NONE;
-    Extranet__Membership__Group *g = call_group_or_reply(t, call, req->gid, &k, &role);
+    mrole_t role, target_role = ROLE_NONE, new_role = ROLE_NONE, asked = ROLE_NONE;
+    /* The action attempted, also for a refusal's record: role owner is a transfer. */
+    const char *action = rules_role_parse(req->role, &asked) && asked == ROLE_OWNER
+                             ? "group.ownership_transferred"
+                             : "member.role_changed";
+    Extranet__Membership__Group *g =
+        call_group_for_change_or_reply(t, call, req->gid, action, &k, &role);
     if (!g)
         return;
     if (!call_gid_or_reply(call, req->uid))
@@ -257,7 +266,7 @@ void members_update(svc_thread_t *t, svc_call_t *call) {
         /* Checked after visibility: a stranger learns nothing from the validation. */
         rules_verdict_t v = rules_member_set_role(k, role, false, s_gkind(g), g->archived,
                                                   UKIND_EMPLOYEE, target_role, ROLE_MEMBER);
-        if (call_verdict_or_reply(call, v))
+        if (call_verdict_or_deny(t, call, v, action, "user", req->uid, req->gid))
             svc_fail(call, EXTRANET__STATUS__INVALID, "role must be owner, moderator or member");
         return;
     }
@@ -268,8 +277,10 @@ void members_update(svc_thread_t *t, svc_call_t *call) {
     }
     ukind_t tk = u ? rules_ukind_parse(u->kind) : UKIND_UNKNOWN;
     bool self = !strcasecmp(req->uid, call->req->actor->user_id);
-    if (!call_verdict_or_reply(call, rules_member_set_role(k, role, self, s_gkind(g), g->archived,
-                                                           tk, target_role, new_role)))
+    if (!call_verdict_or_deny(t, call,
+                              rules_member_set_role(k, role, self, s_gkind(g), g->archived, tk,
+                                                    target_role, new_role),
+                              action, "user", req->uid, req->gid))
         return;
     if (!u) { /* unreachable: an unknown target is refused by the rules */
         svc_fail(call, EXTRANET__STATUS__NOT_FOUND, RULES_NOT_FOUND);
@@ -294,10 +305,8 @@ void members_update(svc_thread_t *t, svc_call_t *call) {
         n = 2;
     }
     if (s_commit_change(t, call, req->gid, s_do_set_role, &c, users, roles, n,
-                        new_role == ROLE_OWNER ? "ownership" : "role",
-                        new_role == ROLE_OWNER ? "group.ownership_transferred"
-                                               : "member.role_changed",
-                        true, "conflict") != 0)
+                        new_role == ROLE_OWNER ? "ownership" : "role", action, true,
+                        "conflict") != 0)
         return;
     svc_reply_ok(call, &m->base);
 }
@@ -308,13 +317,16 @@ void members_remove(svc_thread_t *t, svc_call_t *call) {
     bool system = a && a->kind == EXTRANET__ACTOR_KIND__SYSTEM;
     ukind_t k = UKIND_ADMIN;
     mrole_t role = ROLE_NONE, target_role = ROLE_NONE;
+    bool self = !system && a && !strcasecmp(req->uid, a->user_id);
+    const char *action = self ? "member.left" : "member.removed";
     if (system) {
         /* expiry (membership expiry timers): idempotent, a missing member is done. */
         if (!util_uuid_valid(req->gid) || !util_uuid_valid(req->uid)) {
             svc_fail(call, EXTRANET__STATUS__INVALID, "gid and uid must be uuids");
             return;
         }
-    } else if (!call_group_or_reply(t, call, req->gid, &k, &role) || !call_gid_or_reply(call, req->uid)) {
+    } else if (!call_group_for_change_or_reply(t, call, req->gid, action, &k, &role) ||
+               !call_gid_or_reply(call, req->uid)) {
         return;
     }
     int rc = s_target_role(t, call, req->gid, req->uid, &target_role);
@@ -326,8 +338,8 @@ void members_remove(svc_thread_t *t, svc_call_t *call) {
         svc_reply_ok(call, NULL);
         return;
     }
-    bool self = !system && a && !strcasecmp(req->uid, a->user_id);
-    if (!call_verdict_or_reply(call, rules_member_remove(k, role, self, target_role)))
+    if (!call_verdict_or_deny(t, call, rules_member_remove(k, role, self, target_role), action,
+                              "user", req->uid, req->gid))
         return;
     char uid[37];
     snprintf(uid, sizeof uid, "%s", req->uid);
@@ -337,8 +349,8 @@ void members_remove(svc_thread_t *t, svc_call_t *call) {
     s_member_ctx_t c = {req->gid, uid, NULL, NULL, NULL};
     char *users[] = {uid};
     const char *roles[] = {""};
-    if (s_commit_change(t, call, req->gid, s_do_remove, &c, users, roles, 1, "removed",
-                        self ? "member.left" : "member.removed", true, NULL) != 0)
+    if (s_commit_change(t, call, req->gid, s_do_remove, &c, users, roles, 1, "removed", action,
+                        true, NULL) != 0)
         return;
     svc_reply_ok(call, NULL);
 }
