@@ -8,6 +8,7 @@
 #include "codec.h"
 #include "cors.h"
 #include "errors.h"
+#include "export.h"
 #include "extranet/log.h"
 #include "extranet/util.h"
 #include "metrics.h"
@@ -388,6 +389,8 @@ static Extranet__Status s_build_payload(gw_http_t *self, gw_req_t *req, char *re
             return EXTRANET__STATUS__INVALID;
         }
     }
+    if (r->flags & GW_ROUTE_EXPORT)
+        export_prepare(msg); /* the page size of a streamed export */
     /* The rate-limit account is read from the message the service will see, never from an
      * earlier stage of its building. */
     if (r->rate_field && ret_account) {
@@ -520,6 +523,27 @@ static enum MHD_Result s_stream(gw_req_t *req, const char *method) {
     return rc;
 }
 
+/* The route call of an export answered OK with its first page: stream every page. */
+static enum MHD_Result s_export(gw_req_t *req, const char *method) {
+    bool full = false;
+    const char *content_type = NULL;
+    char filename[64], disposition[96];
+    struct MHD_Response *resp = export_open(req, &full, &content_type, filename);
+    if (!resp)
+        return s_status_error(
+            req, method, full ? EXTRANET__STATUS__UNAVAILABLE : EXTRANET__STATUS__INTERNAL,
+            full ? "too many exports running, try again later" : "internal error", 0);
+    snprintf(disposition, sizeof disposition, "attachment; filename=\"%s\"", filename);
+    bool ok = s_add_common_headers(req, resp, content_type) &&
+              MHD_add_response_header(resp, "Content-Disposition", disposition) == MHD_YES &&
+              MHD_add_response_header(resp, "X-Accel-Buffering", "no") == MHD_YES;
+    enum MHD_Result rc = ok ? MHD_queue_response(req->conn, MHD_HTTP_OK, resp) : MHD_NO;
+    MHD_destroy_response(resp); /* the export lives on in the queued response */
+    req->state = GW_REQ_ANSWERED;
+    metrics_observe(req->match.index, method, 200, (double)(s_mono_us() - req->start_us) / 1e6);
+    return rc;
+}
+
 /* After resume: turn the loop's result into the HTTP response. */
 static enum MHD_Result s_on_result(gw_http_t *self, gw_req_t *req, const char *method) {
     const gw_route_t *r = req->match.route;
@@ -540,6 +564,8 @@ static enum MHD_Result s_on_result(gw_http_t *self, gw_req_t *req, const char *m
         ratelimit_refund(req->rate_scope, req->rate_account, req->client_ip, req->rate_local);
     if (r->flags & GW_ROUTE_STREAM)
         return s_stream(req, method);
+    if (r->flags & GW_ROUTE_EXPORT)
+        return s_export(req, method);
     if (!r->reply)
         return s_queue(req, method, r->success, NULL, 0, NULL);
     if (!req->arena && !(req->arena = arena_new((size_t)64 << 20)))

@@ -106,7 +106,11 @@ static gw_req_t *s_pending_find(gw_loop_t *self, const char *request_id) {
 
 /* The one exit of a request from the loop. */
 static void s_finish(gw_loop_t *self, gw_req_t *req) {
-    http_req_resume(req);
+    (void)self;
+    if (req->on_done)
+        req->on_done(req);
+    else
+        http_req_resume(req);
 }
 
 /* "identity.GetMe" -> "identity" into buf. */
@@ -485,7 +489,7 @@ void loop_stop(gw_loop_t *self) {
         gw_req_t *next = list->q_next;
         list->q_next = NULL;
         req_set_result(list, EXTRANET__STATUS__UNAVAILABLE, "shutting down");
-        http_req_resume(list);
+        s_finish(self, list);
         list = next;
     }
 }

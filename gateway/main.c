@@ -3,6 +3,7 @@
 #include "auth.h"
 #include "clientip.h"
 #include "cors.h"
+#include "export.h"
 #include "extranet/cfg.h"
 #include "extranet/log.h"
 #include "extranet/mdp.h"
@@ -45,13 +46,15 @@ static const char *s_usage =
     "  EXTRANET_LOGIN_RATE_WINDOW_S   rate limit window in seconds (300)\n"
     "  EXTRANET_EVENTS                the brokers' XPUB endpoints (tcp://127.0.0.1:5557)\n"
     "  EXTRANET_MAX_STREAMS           open event streams at most (1000)\n"
+    "  EXTRANET_MAX_EXPORTS           streamed audit exports at once (4; more: 503)\n"
+    "  EXTRANET_EXPORT_PAGE           records per audit.Export call of an export (1000)\n"
     "  EXTRANET_DEBUG_ROUTES          1: enable test-only routes (GET /api/v1/debug/echo)\n"
     "  EXTRANET_LOG                   debug|info|warn|error (info)\n";
 
 typedef struct {
     http_cfg_t http;
     const char *brokers, *redis, *proxies, *origins, *required, *events;
-    long max_streams;
+    long max_streams, max_exports, export_page;
     ratelimit_cfg_t rate;
     bool debug;
 } s_cfg_t;
@@ -69,6 +72,8 @@ static int s_config(s_cfg_t *c) {
         cfg_long("EXTRANET_LOGIN_RATE_IP", 30, 1, 1000000, &c->rate.per_ip) < 0 ||
         cfg_long("EXTRANET_LOGIN_RATE_WINDOW_S", 300, 1, 86400, &c->rate.window_s) < 0 ||
         cfg_long("EXTRANET_MAX_STREAMS", 1000, 0, 1000000, &c->max_streams) < 0 ||
+        cfg_long("EXTRANET_MAX_EXPORTS", 4, 0, 10000, &c->max_exports) < 0 ||
+        cfg_long("EXTRANET_EXPORT_PAGE", 1000, 1, 5000, &c->export_page) < 0 ||
         cfg_long("EXTRANET_DEBUG_ROUTES", 0, 0, 1, &debug) < 0)
         return -1;
     c->http = (http_cfg_t){.addr = cfg_str("EXTRANET_HTTP_ADDR", "127.0.0.1:8080"),
@@ -158,6 +163,10 @@ int main(int argc, char **argv) {
     loop = loop_new(zctx, c.brokers, c.required);
     if (!loop)
         goto done;
+    export_init(&(export_cfg_t){.loop = loop,
+                                .max_exports = c.max_exports,
+                                .page = c.export_page,
+                                .deadline_ms = c.http.deadline_ms});
     http = http_new(&c.http, loop);
     if (!http)
         goto done;

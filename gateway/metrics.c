@@ -2,6 +2,7 @@
  * rendered on demand. Label values are route patterns (never raw paths: bounded cardinality)
  * and HTTP methods from a fixed list ("OTHER" for the rest). */
 #include "metrics.h"
+#include "export.h"
 #include "sse.h"
 #include "routes.h"
 #include <errno.h>
@@ -198,6 +199,10 @@ char *metrics_render(size_t *ret_len) {
              "# HELP extranet_streams_open Event streams (GET /api/v1/stream) open now.\n"
              "# TYPE extranet_streams_open gauge\nextranet_streams_open %ld\n",
              sse_count());
+    s_printf(&b,
+             "# HELP extranet_exports_running Streamed audit exports being written now.\n"
+             "# TYPE extranet_exports_running gauge\nextranet_exports_running %ld\n",
+             export_count());
     s_printf(&b, "# HELP extranet_upstream_errors_total Failed calls to services, by service "
                  "and kind (deadline, unavailable, internal, send, bad_reply).\n"
                  "# TYPE extranet_upstream_errors_total counter\n");

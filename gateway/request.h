@@ -81,6 +81,11 @@ typedef struct gw_req {
     struct gw_req *h_next;          /* pending hash chain */
     struct gw_req *d_prev, *d_next; /* deadline list */
     int broker;                     /* index of the broker that took the last send */
+
+    /* A request of no connection of its own (the next page of an export, export.c): the loop
+     * completes it by calling on_done(req) (its thread) instead of http_req_resume(). */
+    void (*on_done)(struct gw_req *req);
+    void *on_done_arg;
 } gw_req_t;
 
 /* Called by the loop thread exactly once per submitted request, after writing the result:

@@ -67,8 +67,9 @@ static const gw_route_t s_routes[] = {
     /* audit (admins only; services/audit/README.md) */
     {"GET", "/api/v1/admin/audit", "audit.Query", AU(query_request), AU(query_reply), AUTH, 200,
      NULL, 0},
+    /* streamed: every page, one CSV / JSON-lines body (gateway/export.c) */
     {"GET", "/api/v1/admin/audit/export", "audit.Export", AU(export_request), AU(export_reply),
-     AUTH, 200, NULL, 0},
+     AUTH | GW_ROUTE_EXPORT, 200, NULL, 0},
     {"GET", "/api/v1/admin/audit/verify", "audit.Verify", EMPTY, AU(verify_reply), AUTH, 200, NULL,
      0},
     /* a group's own records: its owner and admins; anyone else 404 like a missing group */
@@ -247,16 +248,17 @@ static json_t *s_fields(const ProtobufCMessageDescriptor *d) {
 void routes_print(FILE *out) {
     for (int i = 0; i < S_NROUTES; i++) {
         const gw_route_t *r = &s_routes[i];
-        json_t *o =
-            json_pack("{s:s, s:s, s:s?, s:s?, s:s?, s:o, s:o, s:b, s:i, s:b, s:b, s:b, s:b, s:b}",
-                      "method", r->http_method, "path", r->pattern, "rpc", r->rpc, "request",
-                      r->request ? r->request->name : NULL, "reply",
-                      r->reply ? r->reply->name : NULL, "request_fields", s_fields(r->request),
-                      "reply_fields", s_fields(r->reply), "body", (r->flags & GW_ROUTE_BODY) != 0,
-                      "status", r->success, "auth", (r->flags & GW_ROUTE_AUTH) != 0,
-                      "mfa_pending_ok", (r->flags & GW_ROUTE_MFA_OK) != 0, "rate_limited",
-                      (r->flags & GW_ROUTE_RATE) != 0, "debug", (r->flags & GW_ROUTE_DEBUG) != 0,
-                      "stream", (r->flags & GW_ROUTE_STREAM) != 0);
+        json_t *o = json_pack(
+            "{s:s, s:s, s:s?, s:s?, s:s?, s:o, s:o, s:b, s:i, s:b, s:b, s:b, s:b, s:b, "
+            "s:b}",
+            "method", r->http_method, "path", r->pattern, "rpc", r->rpc, "request",
+            r->request ? r->request->name : NULL, "reply", r->reply ? r->reply->name : NULL,
+            "request_fields", s_fields(r->request), "reply_fields", s_fields(r->reply), "body",
+            (r->flags & GW_ROUTE_BODY) != 0, "status", r->success, "auth",
+            (r->flags & GW_ROUTE_AUTH) != 0, "mfa_pending_ok", (r->flags & GW_ROUTE_MFA_OK) != 0,
+            "rate_limited", (r->flags & GW_ROUTE_RATE) != 0, "debug",
+            (r->flags & GW_ROUTE_DEBUG) != 0, "stream", (r->flags & GW_ROUTE_STREAM) != 0, "export",
+            (r->flags & GW_ROUTE_EXPORT) != 0);
         if (!o)
             continue;
         char *s = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);

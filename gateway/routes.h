@@ -15,6 +15,7 @@ enum {
     GW_ROUTE_DEBUG = 1 << 3,  /* only with EXTRANET_DEBUG_ROUTES=1 */
     GW_ROUTE_BODY = 1 << 4,   /* takes a JSON body (POST/PUT/PATCH with fields) */
     GW_ROUTE_STREAM = 1 << 5, /* on OK the reply opens an event stream (sse.h) */
+    GW_ROUTE_EXPORT = 1 << 6, /* on OK the reply is the first page of a streamed export */
 };
 
 typedef enum {
@@ -66,7 +67,8 @@ int routes_match(const char *method, const char *path, gw_match_t *ret, char *re
 bool routes_param_is_uuid(const char *name);
 
 /* Prints the table as JSON lines {"method","path","rpc","request","reply","request_fields",
- * "reply_fields","body","status","auth","mfa_pending_ok","rate_limited","debug","stream"} (for
+ * "reply_fields","body","status","auth","mfa_pending_ok","rate_limited","debug","stream",
+ * "export"} (for
  * `gateway --routes`; tests/api/test_openapi.py compares it with docs/openapi.yaml). */
 void routes_print(FILE *out);
 #endif

@@ -128,6 +128,9 @@ def test_each_operation_matches_its_route(spec, routes):
         elif r.get("stream"):
             check(set(content) == {"text/event-stream"}, "stream route must answer "
                   "text/event-stream only, spec has %s" % sorted(content))
+        elif r.get("export"):
+            check(set(content) == {"text/csv", "application/x-ndjson"}, "export route must "
+                  "answer text/csv and application/x-ndjson, spec has %s" % sorted(content))
         elif r["rpc"] is not None:
             schema = resolve(spec, content.get("application/json", {}).get("schema", {}))
             props = set(schema.get("properties", {}))
