@@ -3,6 +3,7 @@
  * is a miss; the answer then comes from PostgreSQL. */
 #include "cache.h"
 #include "extranet/log.h"
+#include "extranet/util.h"
 #include "store.h"
 #include <errno.h>
 #include <stdio.h>
@@ -36,6 +37,14 @@ static int s_read_and_fill(svc_thread_t *t, arena_t *a, const char *user_id, con
 
 int mcache_role(svc_thread_t *t, arena_t *a, const char *user_id, const char *gid,
                 mrole_t *ret_role) {
+    /* Lower-cased: the keys every invalidation deletes (a fill under another spelling would
+     * outlive them). Nobody is a member of a malformed id. */
+    char user[37], lower[37];
+    *ret_role = ROLE_NONE;
+    if (!util_uuid_lower(user_id, user) || !util_uuid_lower(gid, lower))
+        return 0;
+    user_id = user;
+    gid = lower;
     if (iso_cached_role(t->redis, user_id, gid, ret_role))
         return 0;
     char lease[ISO_LEASE_LEN + 1];
@@ -65,6 +74,12 @@ int mcache_role(svc_thread_t *t, arena_t *a, const char *user_id, const char *gi
 
 int mcache_groups(svc_thread_t *t, arena_t *a, const char *user_id, store_grole_t **ret,
                   size_t *ret_n) {
+    char user[37]; /* lower-cased, as in mcache_role */
+    *ret = NULL;
+    *ret_n = 0;
+    if (!util_uuid_lower(user_id, user))
+        return 0;
+    user_id = user;
     int rc = iso_cached_groups(t->redis, a, user_id, ret, ret_n);
     if (rc != 0)
         return rc < 0 ? rc : 0;

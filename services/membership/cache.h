@@ -10,14 +10,14 @@
 #include "store.h"
 
 /* user_id's role in gid (ROLE_NONE when not a member) into *ret_role, from mem:{user_id} or,
- * on a miss, from PostgreSQL (filling the entry when the lease is ours). Both ids must be
- * valid uuids. Returns 0, or a store error (-EIO: PostgreSQL unreachable). */
+ * on a miss, from PostgreSQL (filling the entry when the lease is ours). Ids are lower-cased
+ * first; a malformed one has no role. Returns 0, or a store error (-EIO: PostgreSQL down). */
 int mcache_role(svc_thread_t *t, arena_t *a, const char *user_id, const char *gid,
                 mrole_t *ret_role) WUR;
 
-/* Every (group, role) of user_id (valid uuid), new in the arena: from mem:{user_id} or, on a
- * miss, from PostgreSQL (filling the entry when the lease is ours). 0, -ENOMEM or a store
- * error. */
+/* Every (group, role) of user_id (lower-cased first; a malformed id has none), new in the
+ * arena: from mem:{user_id} or, on a miss, from PostgreSQL (filling the entry when the lease
+ * is ours). 0, -ENOMEM or a store error. */
 int mcache_groups(svc_thread_t *t, arena_t *a, const char *user_id, store_grole_t **ret,
                   size_t *ret_n) WUR;
 

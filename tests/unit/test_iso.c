@@ -198,6 +198,14 @@ static void test_lookup(void **state) {
     s_cmd("HSET mem:%s _ 1 %s member", USER_1, GROUP_Y);
     s_both(GROUP_X, true, ISO_GROUP_OUTSIDE, ISO_ROLE_NONE);
     s_both(GROUP_Y, true, ISO_GROUP_MEMBER, ISO_ROLE_MEMBER);
+    /* any spelling of an id reads the lower-case key membership writes */
+    s_both("5555AAAA-5555-4555-8555-55555555BBBB", true, ISO_GROUP_MEMBER, ISO_ROLE_MEMBER);
+    iso_role_t role = ISO_ROLE_NONE;
+    assert_int_equal(iso_cached_role(s_r, "11111111-1111-4111-8111-111111111111",
+                                     "5555AAAA-5555-4555-8555-55555555BBBB", &role),
+                     1);
+    assert_int_equal(role, ISO_ROLE_MEMBER);
+    assert_int_equal(iso_cached_role(s_r, USER_1, "not-a-group", &role), 0);
     s_cmd("HSET mem:%s %s boss", USER_1, GROUP_X); /* not a role membership writes */
     s_both(GROUP_X, true, ISO_GROUP_UNKNOWN, ISO_ROLE_NONE);
 
@@ -230,6 +238,18 @@ static void test_lookup(void **state) {
     s_both(GROUP_Y, false, ISO_GROUP_UNKNOWN, ISO_ROLE_NONE);
     s_cmd("HDEL sess:%s %s", TOKEN_A, "kind");
     s_both(GROUP_Y, false, ISO_GROUP_UNKNOWN, ISO_ROLE_NONE);
+
+    /* mem:{user} of the wrong type (an error reply inside the round trip): no answer on
+     * both paths, never a group answer */
+    s_session(TOKEN_A, USER_1, "0", later);
+    s_cmd("DEL mem:%s%s", USER_1, "");
+    s_cmd("SET mem:%s %s", USER_1, "junk");
+    for (int hinted = 0; hinted < 2; hinted++) {
+        l.group = ISO_GROUP_MEMBER;
+        assert_int_equal(iso_lookup(s_r, TOKEN_A, hinted ? USER_1 : NULL, GROUP_Y, &l), -EIO);
+        assert_int_equal(l.group, ISO_GROUP_UNKNOWN);
+    }
+    assert_int_equal(iso_cached_role(s_r, USER_1, GROUP_Y, &role), 0);
 }
 
 static void test_fill_and_invalidate(void **state) {

@@ -12,8 +12,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#define ERR_STATUS(st) (-(1000 + (int)(st)))
-
 bool iso_role_parse(const char *s, iso_role_t *ret) {
     if (!s)
         return false;
@@ -104,6 +102,10 @@ static const char s_session_member_lua[] =
 int iso_lookup(rds_t *r, const char *token_sha256, const char *user_hint, const char *gid,
                iso_lookup_t *out) {
     memset(out, 0, sizeof *out);
+    /* A valid gid lower-cased: the case membership writes mem:{user}'s fields in. */
+    char lower[37];
+    if (gid && util_uuid_lower(gid, lower))
+        gid = lower;
     redisReply *sess = NULL, *mem = NULL, *top = NULL;
     if (gid && user_hint) {
         redisReply *rep[2] = {NULL, NULL};
@@ -115,7 +117,8 @@ int iso_lookup(rds_t *r, const char *token_sha256, const char *user_hint, const 
         if (rc != 0) {
             /* After a failed append this drops the half-built pipeline (and the connection);
              * after a failed pipeline there is nothing left to drop. */
-            rc = rds_pipeline(r, 0, rep);
+            if (rds_pipeline(r, 0, rep) != 0)
+                log_debug("iso: dropped a failed pipeline");
             return -EIO;
         }
         sess = rep[0];
@@ -184,7 +187,7 @@ iso_hints_t *iso_hints_new(size_t slots) {
 }
 
 void iso_hints_destroy(iso_hints_t **self_p) {
-    iso_hints_t *self = *self_p;
+    iso_hints_t *self = self_p ? *self_p : NULL;
     if (!self)
         return;
     for (int i = 0; i < S_HINT_LOCKS; i++)
@@ -244,9 +247,10 @@ void iso_hints_drop(iso_hints_t *self, const char *token_sha256) {
 /* --- memberships --------------------------------------------------------------------------- */
 
 int iso_cached_role(rds_t *r, const char *user_id, const char *gid, iso_role_t *ret_role) {
-    if (!r)
+    char user[37], lower[37];
+    if (!r || !util_uuid_lower(user_id, user) || !util_uuid_lower(gid, lower))
         return 0;
-    redisReply *rep = rds_command(r, "HMGET mem:%s _ %s", user_id, gid);
+    redisReply *rep = rds_command(r, "HMGET mem:%s _ %s", user, lower);
     iso_lookup_t l = {0};
     s_group_parse(rep, &l);
     if (rep)

@@ -79,8 +79,8 @@ typedef struct {
 #define ISO_FILL_LEASE_MS 2000
 
 /* 1 and *ret_role (ISO_ROLE_NONE: cached as not a member) when mem:{user_id} is cached, 0 on
- * a miss or any Redis failure. Both ids valid uuids. */
-int iso_cached_role(rds_t *r, const char *user_id, const char *gid, iso_role_t *ret_role);
+ * a miss, any Redis failure or a malformed id (ids are lower-cased first). */
+int iso_cached_role(rds_t *r, const char *user_id, const char *gid, iso_role_t *ret_role) WUR;
 /* 1 and every cached (group, role) of user_id, new in the arena, or 0 on a miss or failure;
  * -ENOMEM. */
 int iso_cached_groups(rds_t *r, arena_t *a, const char *user_id, iso_grole_t **ret,
