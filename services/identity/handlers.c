@@ -32,12 +32,22 @@ int identity_start(svc_thread_t *t) {
         log_error("first admin not created: %s", err);
         return -EINVAL;
     }
-    char hash[PASSWORD_HASH_LEN];
+    char hash[PASSWORD_HASH_LEN], id[37];
     bool created = false;
     if (password_hash(pw, hash) != 0)
         return -ENOMEM;
-    int rc = store_admin_first(t->pg, email, "Administrator", hash, &created);
-    if (rc != 0) {
+    /* The account and its user.created record (actor system: no request made it) commit
+     * together, like every other creation (R11). Several starting copies: one inserts, the
+     * others find an admin and write nothing. */
+    Extranet__Actor sys = EXTRANET__ACTOR__INIT;
+    sys.kind = EXTRANET__ACTOR_KIND__SYSTEM;
+    int rc;
+    if ((rc = pg_begin(t->pg)) != 0 ||
+        (rc = store_admin_first(t->pg, email, "Administrator", hash, id, &created)) != 0 ||
+        (created && (rc = audit_record(t->pg, &sys, "user.created", "user", id, NULL, "ok", NULL,
+                                       "{\"kind\":\"admin\"}")) != 0) ||
+        (rc = pg_commit(t->pg)) != 0) {
+        pg_rollback(t->pg);
         log_error("first admin not created: database error %d", rc);
         return rc;
     }

@@ -3,6 +3,7 @@
 #include "store.h"
 #include "extranet/audit.h"
 #include "extranet/log.h"
+#include "extranet/util.h"
 #include "totp.h"
 #include <sodium.h>
 #include <errno.h>
@@ -338,15 +339,23 @@ int store_user_insert(pg_t *pg, arena_t *a, const char *email, const char *displ
 }
 
 int store_admin_first(pg_t *pg, const char *email, const char *display_name, const char *hash,
-                      bool *ret_created) {
+                      char ret_id[37], bool *ret_created) {
     const char *params[] = {email, display_name, hash};
     PGresult *res = NULL;
+    ret_id[0] = '\0';
+    *ret_created = false;
     int rc = pg_exec_row(pg, "admin_first", params, false, &res);
     if (rc != 0)
         return rc;
-    *ret_created = PQntuples(res) == 1;
+    if (PQntuples(res) == 1) {
+        int col = PQfnumber(res, "id");
+        if (col < 0 || !util_uuid_lower(PQgetvalue(res, 0, col), ret_id))
+            rc = -EIO;
+        else
+            *ret_created = true;
+    }
     PQclear(res);
-    return 0;
+    return rc;
 }
 
 int store_user_set_password(pg_t *pg, const char *id, const char *hash) {

@@ -26,9 +26,10 @@ int store_user_by_id(pg_t *pg, arena_t *a, const char *id, store_user_t *ret) WU
 int store_user_insert(pg_t *pg, arena_t *a, const char *email, const char *display_name,
                       const char *kind, const char *hash, const char *expires_at,
                       Extranet__Identity__User **ret_user) WUR;
-/* Creates the admin only while no admin exists; *ret_created says whether it did. */
+/* Creates the admin only while no admin exists; *ret_created says whether it did, and then
+ * ret_id holds its id (else ""). */
 int store_admin_first(pg_t *pg, const char *email, const char *display_name, const char *hash,
-                      bool *ret_created) WUR;
+                      char ret_id[37], bool *ret_created) WUR;
 int store_user_set_password(pg_t *pg, const char *id, const char *hash) WUR;
 /* Replaces the hash (a stronger one of the same password) only while it is still old_hash:
  * -ENOENT when the password was changed meanwhile (nothing to do then). */
