@@ -185,6 +185,12 @@ static const char *s_route_gid(const gw_req_t *req) {
     return NULL;
 }
 
+/* GET and HEAD: a read, whose refusal leaves no audit record. */
+static bool s_is_read(const gw_req_t *req) {
+    const char *m = req->match.route ? req->match.route->http_method : NULL;
+    return m && (strcmp(m, "GET") == 0 || strcmp(m, "HEAD") == 0);
+}
+
 int auth_cache_lookup(gw_req_t *req) {
     int64_t started;
     rds_t *r = auth_redis_acquire(&started);
@@ -212,11 +218,13 @@ int auth_cache_lookup(gw_req_t *req) {
         req_set_result(req, EXTRANET__STATUS__OK, "%s", "");
         return 0;
     }
-    /* R1 fast path: a group the cache says the caller is not in answers exactly like a missing
-     * one, without a trip to the service (admins see every group). Only a deny is taken from
-     * the cache here; a role still goes to the service, which checks again. */
+    /* R1 fast path: a read of a group the cache says the caller is not in answers exactly like
+     * a missing one, without a trip to the service (admins see every group). Only a deny is
+     * taken from the cache here; a role still goes to the service, which checks again. A
+     * change (any method but GET/HEAD) always goes to the service, which refuses it the same
+     * way and leaves the "denied" audit record of the attempt (R11). */
     if (req->status == EXTRANET__STATUS__OK && req->actor.kind != EXTRANET__ACTOR_KIND__ADMIN &&
-        l.group == ISO_GROUP_OUTSIDE)
+        l.group == ISO_GROUP_OUTSIDE && s_is_read(req))
         req_set_result(req, EXTRANET__STATUS__NOT_FOUND, "not found");
     return 1;
 }
