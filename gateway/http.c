@@ -13,8 +13,8 @@
 #include "extranet/util.h"
 #include "metrics.h"
 #include "ratelimit.h"
-#include "sse.h"
 #include "request.h"
+#include "sse.h"
 #include <arpa/inet.h>
 #include <errno.h>
 #include <jansson.h>
@@ -74,8 +74,8 @@ static enum MHD_Result s_queue(gw_req_t *req, const char *method, int status, ch
         free(body);
         return MHD_NO;
     }
-    int ok = s_add_common_headers(
-        req, resp, x && x->content_type ? x->content_type : "application/json");
+    int ok = s_add_common_headers(req, resp,
+                                  x && x->content_type ? x->content_type : "application/json");
     if (ok && x && x->preflight && req->origin)
         ok = cors_add_preflight(resp, x->preflight) == 0;
     if (ok && x && x->allow)
@@ -179,7 +179,7 @@ static void s_decide(gw_req_t *req, int http, const char *code, const char *msg)
  * its way (libmicrohttpd then discards it and closes the connection), else when the request is
  * complete, so a keep-alive connection survives a 404. */
 static enum MHD_Result s_on_headers(gw_http_t *self, gw_req_t *req, const char *url,
-                                    const char *method) {
+                                    const char *method, const char *version) {
     struct MHD_Connection *c = req->conn;
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
@@ -213,6 +213,11 @@ static enum MHD_Result s_on_headers(gw_http_t *self, gw_req_t *req, const char *
         s_decide(req, 405, "method_not_allowed", "method not allowed on this resource");
     else if (rc < 0)
         s_decide(req, 404, "not_found", "not found");
+    else if ((req->match.route->flags & GW_ROUTE_EXPORT) &&
+             strcmp(version, MHD_HTTP_VERSION_1_1) != 0)
+        /* Only chunked encoding (HTTP/1.1) lets a client tell an export cut short by a failure
+         * from a complete one; HTTP/1.0 would end both by closing the connection. */
+        s_decide(req, 505, "http_version_not_supported", "streamed exports need HTTP/1.1");
     else if (bad_length)
         s_decide(req, 400, "invalid", "bad Content-Length");
     else if (too_long)
@@ -518,7 +523,7 @@ static enum MHD_Result s_stream(gw_req_t *req, const char *method) {
     enum MHD_Result rc = ok ? MHD_queue_response(req->conn, MHD_HTTP_OK, resp) : MHD_NO;
     MHD_destroy_response(resp); /* the stream lives on in the queued response */
     req->state = GW_REQ_ANSWERED;
-    metrics_observe(req->match.index, method, 200,
+    metrics_observe(req->match.index, method, rc == MHD_YES ? 200 : 500,
                     (double)(s_mono_us() - req->start_us) / 1e6);
     return rc;
 }
@@ -540,7 +545,8 @@ static enum MHD_Result s_export(gw_req_t *req, const char *method) {
     enum MHD_Result rc = ok ? MHD_queue_response(req->conn, MHD_HTTP_OK, resp) : MHD_NO;
     MHD_destroy_response(resp); /* the export lives on in the queued response */
     req->state = GW_REQ_ANSWERED;
-    metrics_observe(req->match.index, method, 200, (double)(s_mono_us() - req->start_us) / 1e6);
+    metrics_observe(req->match.index, method, rc == MHD_YES ? 200 : 500,
+                    (double)(s_mono_us() - req->start_us) / 1e6);
     return rc;
 }
 
@@ -599,7 +605,7 @@ static enum MHD_Result s_handler(void *cls, struct MHD_Connection *conn, const c
         *con_cls = req;
         __atomic_add_fetch(&self->in_flight, 1, __ATOMIC_RELAXED);
         metrics_in_flight_add(1);
-        return s_on_headers(self, req, url, method);
+        return s_on_headers(self, req, url, method, version);
     }
     if (*upload_data_size) {
         size_t n = *upload_data_size;

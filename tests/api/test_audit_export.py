@@ -367,3 +367,45 @@ def test_at_most_max_exports_at_once(api, ec, big, walk):
         assert r.status_code == 503 and time.monotonic() < end, r.text
         time.sleep(0.2)
     assert len(csv_rows(r.text)) == 24
+
+
+def test_http10_is_refused_before_any_body(api, ec):
+    """HTTP/1.0 has no chunked encoding: a cut export would end like a complete one (the
+    connection closes either way), so the gateway refuses it with a JSON 505."""
+    import socket
+    from urllib.parse import urlsplit
+    u = urlsplit(api.url)
+    with socket.create_connection((u.hostname, u.port), timeout=10) as s:
+        s.sendall(("GET /api/v1/admin/audit/export?format=csv HTTP/1.0\r\nHost: %s\r\n"
+                   "Authorization: Bearer %s\r\n\r\n" % (u.netloc, api.admin_token)).encode())
+        raw = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split()[1] == b"505", raw[:300]
+    assert b"application/json" in head.lower()
+    assert json.loads(body)["error"]["code"] == "http_version_not_supported"
+    # HTTP/1.1 still streams
+    assert api.export(format="csv").status_code == 200
+
+
+def test_logout_mid_export_cuts_the_body(api, big):
+    """Every later page re-checks the session: an admin who logs out mid-export gets a cut body
+    (at most the page being written and the one fetched ahead), never the whole export."""
+    token = api.login(ADMIN_EMAIL, ADMIN_PASSWORD)
+    r = api.export(token=token, stream=True, format="csv", target_id=big, limit=BIG_PAGE)
+    assert r.status_code == 200, r.text
+    it, got = read_some(r)
+    assert api.call("POST", "/auth/logout", token).status_code in (200, 204)
+    try:
+        with pytest.raises((requests.exceptions.ChunkedEncodingError,
+                            requests.exceptions.ConnectionError)):
+            for chunk in it:
+                got += chunk
+    finally:
+        r.close()
+    rows = csv_rows(got.decode("utf-8", "replace"))
+    assert len(rows) - 1 < BIG
