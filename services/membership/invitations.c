@@ -233,8 +233,9 @@ void invitations_revoke(svc_thread_t *t, svc_call_t *call) {
     ukind_t k;
     mrole_t role;
     if (!call_group_for_change_or_reply(t, call, req->gid, "invitation.revoked", &k, &role) ||
+        /* the record names the group, not the id: it may be another group's invitation */
         !call_verdict_or_deny(t, call, rules_invitations_manage(k, role), "invitation.revoked",
-                              "invitation", req->id, req->gid) ||
+                              "group", req->gid, req->gid) ||
         !call_gid_or_reply(call, req->id))
         return;
     /* An invitation of another group is not found here, whoever asks. */

@@ -211,11 +211,14 @@ void members_add(svc_thread_t *t, svc_call_t *call) {
         call_store_fail(call, rc, NULL);
         return;
     }
-    /* A refusal names the target only when the caller may see it (R4: the group's owner
-     * reads the record and must not learn ids the caller could not see either). */
+    /* A refusal names the target only when every reader of the group's records may see it
+     * (R4): the group's owner, an employee, sees every employee and admin, and an extranet
+     * user only when they share a group, which this one is sure to be only when already a
+     * member of it. */
+    bool nameable = tk != UKIND_UNKNOWN && (tk != UKIND_EXTRANET || target_role != ROLE_NONE);
     if (!call_verdict_or_deny(
             t, call, rules_member_add(k, role, s_gkind(g), g->archived, tk, target_role, new_role),
-            "member.added", "user", tk != UKIND_UNKNOWN ? req->user_id : NULL, req->gid))
+            "member.added", "user", nameable ? req->user_id : NULL, req->gid))
         return;
     if (!u) { /* unreachable: an unknown target is refused by the rules */
         svc_fail(call, EXTRANET__STATUS__NOT_FOUND, RULES_NOT_FOUND);

@@ -167,6 +167,28 @@ def world(api, mk, admin):
                 invitation=r.json()["id"])
 
 
+def test_refused_add_never_names_an_extranet_user_the_owner_cannot_see(api, admin, mk, world):
+    """R4 for the reader of the record: a member E of G shares another group H with extranet
+    user X (G's owner is not in H and cannot see X). E's refused attempt to add X to G is in
+    G's audit, which G's owner reads: it must not carry X's id."""
+    w = world
+    e, x, h_owner = mk("employee"), mk("extranet"), mk("employee")
+    r = api.call("POST", "/groups/%s/members" % w["gid"], w["owner"].token, {"user_id": e.id})
+    assert r.status_code == 201, r.text
+    r = api.call("POST", "/groups", h_owner.token, {"name": "H", "kind": "extranet"})
+    assert r.status_code == 201, r.text
+    h = r.json()["id"]
+    for u in (e, x):
+        r = api.call("POST", "/groups/%s/members" % h, admin.token, {"user_id": u.id})
+        assert r.status_code == 201, r.text
+    assert api.call("GET", "/users/%s" % x.id, w["owner"].token).status_code == 404
+    r = api.call("POST", "/groups/%s/members" % w["gid"], e.token, {"user_id": x.id})
+    assert r.status_code == 403, r.text
+    rec = the_record(api, admin, r)
+    assert_denied(rec, e, "member.added", "user", "", w["gid"])
+    assert x.id not in str(group_records(api, w["owner"], w["gid"]))
+
+
 def test_member_adding_someone_leaves_one_denied_record(api, admin, world):
     w = world
     r = api.call("POST", "/groups/%s/members" % w["gid"], w["mem"].token,
@@ -216,7 +238,7 @@ def test_member_without_the_right_leaves_one_denied_record(api, admin, world, wh
                     {"email": "nope-%s@outside.test" % uuid.uuid4().hex[:8]}),
                    "invitation.created", ("group", gid)),
         "revoke": (("DELETE", "/groups/%s/invitations/%s" % (gid, w["invitation"]), None),
-                   "invitation.revoked", ("invitation", w["invitation"])),
+                   "invitation.revoked", ("group", gid)),
     }[what]
     r = api.call(req[0], req[1], mem.token, req[2])
     assert r.status_code == 403, r.text
