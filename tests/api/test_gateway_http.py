@@ -446,9 +446,19 @@ def test_readyz_with_two_brokers_one_dead(cluster):
 
 
 def debug_gateway(cluster, **env):
+    """An own gateway with the debug routes, used only once /readyz says echo is reachable (as
+    a load balancer would): /healthz alone answers before its broker connection is up, and a
+    request sent in that moment gets 503."""
     e = {"EXTRANET_DEBUG_ROUTES": "1", "EXTRANET_REQUIRED_SERVICES": "echo"}
     e.update(env)
-    return OwnGateway(cluster, e)
+    gw = OwnGateway(cluster, e)
+    end = time.monotonic() + 20
+    while requests.get(gw.url + "/readyz", timeout=5).status_code != 200:
+        if time.monotonic() > end:
+            gw.stop()
+            pytest.fail("own gateway never ready:\n" + gw.log.read_text())
+        time.sleep(0.05)
+    return gw
 
 
 def test_debug_echo_roundtrip(cluster):
