@@ -523,7 +523,7 @@ static void s_verify(svc_thread_t *t, svc_call_t *call) {
                             sizeof why);
     if (rc == 0 && !bad && sodium_memcmp(prev, head, CHAIN_HASH_LEN) != 0) {
         bad = "the chain head does not match the last record";
-        want = head_seq;
+        want = head_seq > 0 ? head_seq : 1; /* 0 would read as "no bad record" */
     }
     if (rc == 0 && !bad && (rc = audit_store_first_beyond(t->pg, head_seq, &beyond)) == 0 &&
         beyond > 0) {

@@ -5,8 +5,8 @@
 #include "extranet/log.h"
 #include "extranet/util.h"
 #include "totp.h"
-#include <sodium.h>
 #include <errno.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -33,6 +33,10 @@ const pg_stmt_t identity_statements[] = {
      "VALUES (lower($1), $2, $3, $4, date_trunc('second', $5::timestamptz)) "
      "RETURNING id::text AS id",
      5},
+    /* Held until the transaction ends: starting copies with different admin emails take turns,
+     * so the NOT EXISTS below sees the other's committed admin (one bootstrap admin). */
+    {"admin_first_lock", "SELECT pg_advisory_xact_lock(hashtext('extranet.identity.admin_first'))",
+     0},
     {"admin_first",
      "INSERT INTO users (email, display_name, kind, password_hash) "
      "SELECT lower($1), $2, 'admin', $3 WHERE NOT EXISTS (SELECT 1 FROM users WHERE kind = "
@@ -344,7 +348,10 @@ int store_admin_first(pg_t *pg, const char *email, const char *display_name, con
     PGresult *res = NULL;
     ret_id[0] = '\0';
     *ret_created = false;
-    int rc = pg_exec_row(pg, "admin_first", params, false, &res);
+    int rc = pg_exec(pg, "admin_first_lock", NULL, NULL);
+    if (rc != 0)
+        return rc;
+    rc = pg_exec_row(pg, "admin_first", params, false, &res);
     if (rc != 0)
         return rc;
     if (PQntuples(res) == 1) {

@@ -26,8 +26,8 @@ int store_user_by_id(pg_t *pg, arena_t *a, const char *id, store_user_t *ret) WU
 int store_user_insert(pg_t *pg, arena_t *a, const char *email, const char *display_name,
                       const char *kind, const char *hash, const char *expires_at,
                       Extranet__Identity__User **ret_user) WUR;
-/* Creates the admin only while no admin exists; *ret_created says whether it did, and then
- * ret_id holds its id (else ""). */
+/* Inside a transaction (it takes a lock held until the end): creates the admin only while no
+ * admin exists; *ret_created says whether it did, and then ret_id holds its id (else ""). */
 int store_admin_first(pg_t *pg, const char *email, const char *display_name, const char *hash,
                       char ret_id[37], bool *ret_created) WUR;
 int store_user_set_password(pg_t *pg, const char *id, const char *hash) WUR;
