@@ -357,6 +357,12 @@ void auth_authenticate(svc_thread_t *t, svc_call_t *call) {
     reply.valid_until_ms = s.valid_until_ms;
     int64_t ttl = rules_session_cache_ttl_ms(util_now_ms(), s.valid_until_ms);
     if (leased && ttl > 0) {
+        if (identity_cfg.fill_delay_ms > 0) { /* tests: widen the read -> write window */
+            struct timespec ts = {identity_cfg.fill_delay_ms / 1000,
+                                  (identity_cfg.fill_delay_ms % 1000) * 1000000L};
+            while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+                ;
+        }
         sessions_entry_t e = {s.user_id, s.kind, s.session_id, s.mfa_pending, s.valid_until_ms};
         (void)sessions_cache_fill(t->redis, req->token_sha256, lease, &e, ttl);
     }

@@ -14,6 +14,7 @@ typedef struct {
     mail_cfg_t mail;                /* EXTRANET_SMTP_URL, EXTRANET_MAIL_FROM */
     const char *admin_email;        /* EXTRANET_ADMIN_EMAIL, NULL = none */
     const char *admin_password;     /* EXTRANET_ADMIN_PASSWORD; never logged */
+    long fill_delay_ms;             /* EXTRANET_IDENTITY_FILL_DELAY_MS: tests only (0) */
 } identity_cfg_t;
 
 extern identity_cfg_t identity_cfg;

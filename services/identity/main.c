@@ -21,12 +21,15 @@ static const char s_usage[] =
     "  EXTRANET_ADMIN_PASSWORD   its password (never logged)\n"
     "  EXTRANET_SMTP_URL         smtp://host:port for notices and SendMail (unset: no mail)\n"
     "  EXTRANET_MAIL_FROM        sender address (extranet@localhost)\n"
+    "  EXTRANET_IDENTITY_FILL_DELAY_MS  tests only: delay between a session cache fill's\n"
+    "                            PostgreSQL read and its Redis write (0)\n"
     "  plus EXTRANET_BROKER, EXTRANET_EVENTS_PUB, EXTRANET_PG, EXTRANET_REDIS,\n"
     "  EXTRANET_THREADS, EXTRANET_LOG\n";
 
 static int s_config(void) {
     if (cfg_long("EXTRANET_SESSION_IDLE_S", 1800, 60, 30L * 86400, &identity_cfg.idle_s) != 0 ||
-        cfg_long("EXTRANET_SESSION_MAX_S", 43200, 300, 90L * 86400, &identity_cfg.max_s) != 0)
+        cfg_long("EXTRANET_SESSION_MAX_S", 43200, 300, 90L * 86400, &identity_cfg.max_s) != 0 ||
+        cfg_long("EXTRANET_IDENTITY_FILL_DELAY_MS", 0, 0, 1500, &identity_cfg.fill_delay_ms) != 0)
         return -1;
     if (totp_key_parse(cfg_str("EXTRANET_DATA_KEY", NULL), identity_cfg.data_key) != 0) {
         log_error("EXTRANET_DATA_KEY must be set to 64 hex characters (32 random bytes)");
