@@ -30,6 +30,17 @@ bool call_user_or_reply(svc_call_t *call, ukind_t *ret_kind) {
     return true;
 }
 
+bool call_system_or_reply(svc_call_t *call) {
+    const Extranet__Actor *a = call->req->actor;
+    if (a && a->kind == EXTRANET__ACTOR_KIND__SYSTEM)
+        return true;
+    svc_fail(call,
+             a && a->user_id && a->user_id[0] ? EXTRANET__STATUS__FORBIDDEN
+                                              : EXTRANET__STATUS__UNAUTHENTICATED,
+             "not allowed");
+    return false;
+}
+
 bool call_verdict_or_reply(svc_call_t *call, rules_verdict_t v) {
     if (v.status == EXTRANET__STATUS__OK)
         return true;

@@ -48,6 +48,9 @@ void people_get(svc_thread_t *t, svc_call_t *call);
 /* A signed-in user (admin, employee, extranet) with uuid ids and no pending 2FA enrolment:
  * *ret_kind set; otherwise answers UNAUTHENTICATED / MFA_ENROLLMENT_REQUIRED and false. */
 bool call_user_or_reply(svc_call_t *call, ukind_t *ret_kind);
+/* The caller is SYSTEM (another service): true; otherwise answers FORBIDDEN (a signed-in user)
+ * or UNAUTHENTICATED "not allowed" and false. */
+bool call_system_or_reply(svc_call_t *call);
 /* Answers the verdict's status when it is not OK; true when OK. */
 bool call_verdict_or_reply(svc_call_t *call, rules_verdict_t v);
 /* A group id from the caller: a uuid, else NOT_FOUND "not found" (it cannot exist, R1). */

@@ -406,14 +406,8 @@ void invitations_join(svc_thread_t *t, svc_call_t *call) {
  * one that does not exist (in that group): NOT_FOUND. */
 void invitations_expire(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__InvitationIdRequest *req = (const void *)call->msg;
-    const Extranet__Actor *a = call->req->actor;
-    if (!a || a->kind != EXTRANET__ACTOR_KIND__SYSTEM) {
-        svc_fail(call,
-                 a && a->user_id && a->user_id[0] ? EXTRANET__STATUS__FORBIDDEN
-                                                  : EXTRANET__STATUS__UNAUTHENTICATED,
-                 "not allowed");
+    if (!call_system_or_reply(call))
         return;
-    }
     if (!util_uuid_valid(req->gid) || !util_uuid_valid(req->id)) {
         svc_fail(call, EXTRANET__STATUS__NOT_FOUND, RULES_NOT_FOUND);
         return;

@@ -360,14 +360,8 @@ void members_remove(svc_thread_t *t, svc_call_t *call) {
 
 void members_check(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__CheckRequest *req = (const void *)call->msg;
-    const Extranet__Actor *a = call->req->actor;
-    if (!a || a->kind != EXTRANET__ACTOR_KIND__SYSTEM) {
-        svc_fail(call,
-                 a && a->user_id && a->user_id[0] ? EXTRANET__STATUS__FORBIDDEN
-                                                  : EXTRANET__STATUS__UNAUTHENTICATED,
-                 "not allowed");
+    if (!call_system_or_reply(call))
         return;
-    }
     /* Lower-cased: the cache key must be the one every invalidation deletes. */
     char user[37], gid[37];
     if (!util_uuid_lower(req->user_id, user) || !util_uuid_lower(req->group_id, gid)) {
@@ -391,14 +385,8 @@ void members_check(svc_thread_t *t, svc_call_t *call) {
 
 void members_groups_of(svc_thread_t *t, svc_call_t *call) {
     const Extranet__Membership__GroupsOfRequest *req = (const void *)call->msg;
-    const Extranet__Actor *a = call->req->actor;
-    if (!a || a->kind != EXTRANET__ACTOR_KIND__SYSTEM) {
-        svc_fail(call,
-                 a && a->user_id && a->user_id[0] ? EXTRANET__STATUS__FORBIDDEN
-                                                  : EXTRANET__STATUS__UNAUTHENTICATED,
-                 "not allowed");
+    if (!call_system_or_reply(call))
         return;
-    }
     Extranet__Membership__GroupsOfReply reply = EXTRANET__MEMBERSHIP__GROUPS_OF_REPLY__INIT;
     char user[37]; /* lower-cased: the cache key every invalidation deletes */
     if (!util_uuid_lower(req->user_id, user)) {
