@@ -44,14 +44,9 @@ bool sessions_hash_valid(const char *h) {
 }
 
 bool sessions_cache_lease(rds_t *r, const char *h, char lease[SESSIONS_LEASE_LEN + 1]) {
-    unsigned char rnd[SESSIONS_LEASE_LEN / 2];
-    randombytes_buf(rnd, sizeof rnd);
-    sodium_bin2hex(lease, SESSIONS_LEASE_LEN + 1, rnd, sizeof rnd);
-    redisReply *rep = rds_command(r, "SET fill:sess:%s %s NX PX 2000", h, lease);
-    bool ok = rep && rep->type == REDIS_REPLY_STATUS && rep->str && !strcmp(rep->str, "OK");
-    if (rep)
-        freeReplyObject(rep);
-    return ok;
+    char key[80];
+    snprintf(key, sizeof key, "fill:sess:%s", h);
+    return rds_lease(r, key, 2000, lease);
 }
 
 bool sessions_cache_fill(rds_t *r, const char *h, const char *lease, const sessions_entry_t *e,

@@ -12,7 +12,7 @@
 
 #define SESSIONS_TOKEN_LEN 43 /* 32 random bytes, base64url without padding */
 #define SESSIONS_HASH_LEN  64 /* sha256, lower-case hex */
-#define SESSIONS_LEASE_LEN 32
+#define SESSIONS_LEASE_LEN RDS_LEASE_LEN
 
 /* A new random token and the hex SHA-256 of its text. */
 void sessions_token_new(char token[SESSIONS_TOKEN_LEN + 1], char hash[SESSIONS_HASH_LEN + 1]);

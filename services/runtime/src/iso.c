@@ -303,17 +303,9 @@ int iso_cached_groups(rds_t *r, arena_t *a, const char *user_id, iso_grole_t **r
 }
 
 bool iso_fill_lease(rds_t *r, const char *user_id, char lease[ISO_LEASE_LEN + 1]) {
-    if (!r)
-        return false;
-    unsigned char rnd[ISO_LEASE_LEN / 2];
-    randombytes_buf(rnd, sizeof rnd);
-    sodium_bin2hex(lease, ISO_LEASE_LEN + 1, rnd, sizeof rnd);
-    redisReply *rep =
-        rds_command(r, "SET fill:mem:%s %s NX PX %d", user_id, lease, ISO_FILL_LEASE_MS);
-    bool ok = rep && rep->type == REDIS_REPLY_STATUS && rep->str && !strcmp(rep->str, "OK");
-    if (rep)
-        freeReplyObject(rep);
-    return ok;
+    char key[80];
+    snprintf(key, sizeof key, "fill:mem:%s", user_id);
+    return rds_lease(r, key, ISO_FILL_LEASE_MS, lease);
 }
 
 /* KEYS[1] = fill:mem:{u}, KEYS[2] = mem:{u}; ARGV[1] = lease, ARGV[2] = ttl ms, then pairs of

@@ -6,6 +6,7 @@
 #include "extranet/util.h"
 
 #include <errno.h>
+#include <sodium.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -341,4 +342,17 @@ int rds_pipeline(rds_t *self, int n, redisReply **ret_replies) {
         return -EIO;
     }
     return 0;
+}
+
+bool rds_lease(rds_t *self, const char *key, int ttl_ms, char lease[RDS_LEASE_LEN + 1]) {
+    if (!self)
+        return false;
+    unsigned char rnd[RDS_LEASE_LEN / 2];
+    randombytes_buf(rnd, sizeof rnd);
+    sodium_bin2hex(lease, RDS_LEASE_LEN + 1, rnd, sizeof rnd);
+    redisReply *rep = rds_command(self, "SET %s %s NX PX %d", key, lease, ttl_ms);
+    bool ok = rep && rep->type == REDIS_REPLY_STATUS && rep->str && !strcmp(rep->str, "OK");
+    if (rep)
+        freeReplyObject(rep);
+    return ok;
 }

@@ -75,7 +75,7 @@ typedef struct {
     char *group_id, *role;
 } iso_grole_t;
 
-#define ISO_LEASE_LEN     32
+#define ISO_LEASE_LEN     RDS_LEASE_LEN
 #define ISO_FILL_LEASE_MS 2000
 
 /* 1 and *ret_role (ISO_ROLE_NONE: cached as not a member) when mem:{user_id} is cached, 0 on

@@ -4,6 +4,7 @@
 #define EXTRANET_RDS_H
 #include "extranet/common.h"
 #include <hiredis/hiredis.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 typedef struct rds rds_t;
@@ -20,4 +21,10 @@ redisReply *rds_commandargv(rds_t *self, int argc, const char **argv, const size
  * (each freed by the caller), or -EIO (nothing to free). */
 int rds_append(rds_t *self, const char *fmt, ...) WUR;
 int rds_pipeline(rds_t *self, int n, redisReply **ret_replies) WUR;
+
+#define RDS_LEASE_LEN 32 /* hex characters of a lease */
+/* Takes the lease key (SET key <random hex> NX PX ttl_ms) into lease: true when it is ours,
+ * false when someone else holds it or Redis is unreachable (self NULL included). The fill
+ * leases of the session and membership caches (extranet/iso.h). */
+bool rds_lease(rds_t *self, const char *key, int ttl_ms, char lease[RDS_LEASE_LEN + 1]);
 #endif
