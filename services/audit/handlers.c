@@ -256,13 +256,9 @@ static bool s_group_reader_or_reply(svc_thread_t *t, svc_call_t *call, const cha
         svc_fail(call, EXTRANET__STATUS__NOT_FOUND, NOT_FOUND_MSG);
         return false;
     }
-    /* The nested call gets the caller's remaining time minus a margin to answer in. */
-    int64_t left = svc_call_remaining_ms(call) - 200;
-    if (left < 100)
-        left = 100;
     iso_role_t role = ISO_ROLE_NONE;
-    if (iso_role(t->redis, t->rpc, call->req->request_id, util_now_ms() + left, a->user_id, gid,
-                 &role) != 0) {
+    if (iso_role(t->redis, t->rpc, call->req->request_id, svc_call_nested_deadline_ms(call, 200, 0),
+                 a->user_id, gid, &role) != 0) {
         svc_fail(call, EXTRANET__STATUS__UNAVAILABLE, "membership unavailable, try again");
         return false;
     }

@@ -166,8 +166,7 @@ int call_expiry_send(svc_thread_t *t, const char *request_id, const store_timer_
  * remaining time, 2 s at most) and deletes the row on OK. On failure the row stays for the
  * tick; the caller still answers OK (authentication enforces expires_at itself, R9). */
 void call_expiry(svc_thread_t *t, svc_call_t *call, const store_timer_t *tm) {
-    int64_t left = svc_call_remaining_ms(call) - 300;
-    int64_t deadline = util_now_ms() + (left < 2000 ? (left > 100 ? left : 100) : 2000);
+    int64_t deadline = svc_call_nested_deadline_ms(call, 300, 2000);
     char err[160] = "";
     int rc = call_expiry_send(t, call->req->request_id, tm, deadline, err, sizeof err);
     if (rc != 0) {

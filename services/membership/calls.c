@@ -123,12 +123,9 @@ int call_identity(svc_thread_t *t, svc_call_t *call, const char *method,
                   ProtobufCMessage **ret_reply, char *errbuf, size_t errlen) {
     Extranet__Actor sys = EXTRANET__ACTOR__INIT;
     sys.kind = EXTRANET__ACTOR_KIND__SYSTEM;
-    /* The nested call gets the caller's remaining time minus a margin to answer in. */
-    int64_t left = svc_call_remaining_ms(call) - 200;
-    if (left < 100)
-        left = 100;
-    return rpc_call(t->rpc, method, &sys, call->req->request_id, util_now_ms() + left, req,
-                    reply_desc, ret_reply, errbuf, errlen);
+    return rpc_call(t->rpc, method, &sys, call->req->request_id,
+                    svc_call_nested_deadline_ms(call, 200, 0), req, reply_desc, ret_reply, errbuf,
+                    errlen);
 }
 
 #define USERS_CHUNK 500

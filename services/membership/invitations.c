@@ -102,14 +102,10 @@ static void s_schedule_expiry(svc_thread_t *t, svc_call_t *call,
     req.timer = &timer;
     Extranet__Actor sys = EXTRANET__ACTOR__INIT;
     sys.kind = EXTRANET__ACTOR_KIND__SYSTEM;
-    int64_t left = svc_call_remaining_ms(call) - 200;
-    if (left > 2000)
-        left = 2000;
-    if (left < 100)
-        left = 100;
     char err[160] = "";
-    int rc = rpc_call(t->rpc, "expiry.Schedule", &sys, call->req->request_id, util_now_ms() + left,
-                      &req.base, NULL, NULL, err, sizeof err);
+    int rc = rpc_call(t->rpc, "expiry.Schedule", &sys, call->req->request_id,
+                      svc_call_nested_deadline_ms(call, 200, 2000), &req.base, NULL, NULL, err,
+                      sizeof err);
     if (rc != 0)
         log_warn("invitation %s: expiry timer not scheduled (%d: %s)", inv->id, rc, err);
 }

@@ -155,6 +155,15 @@ int64_t svc_call_remaining_ms(const svc_call_t *call) {
     return call->req->deadline_ms - util_now_ms();
 }
 
+int64_t svc_call_nested_deadline_ms(const svc_call_t *call, int64_t margin_ms, int64_t cap_ms) {
+    int64_t left = svc_call_remaining_ms(call) - margin_ms;
+    if (cap_ms > 0 && left > cap_ms)
+        left = cap_ms;
+    if (left < 100)
+        left = 100;
+    return util_now_ms() + left;
+}
+
 /* ---------------------------------------------------------------- per-thread resources */
 
 /* Creates what one thread owns; runs thread_init when with_init. 0 or -1 (logged). */

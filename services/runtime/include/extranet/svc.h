@@ -79,4 +79,7 @@ void svc_fail(svc_call_t *call, Extranet__Status status, const char *fmt, ...) P
 
 /* Remaining time of the call in ms (may be <= 0), for nested calls and statement timeouts. */
 int64_t svc_call_remaining_ms(const svc_call_t *call);
+/* The absolute deadline (epoch ms) of a call made while answering this one: its remaining
+ * time minus margin_ms (to answer in), at least 100 ms, at most cap_ms when cap_ms > 0. */
+int64_t svc_call_nested_deadline_ms(const svc_call_t *call, int64_t margin_ms, int64_t cap_ms);
 #endif
